@@ -1,0 +1,45 @@
+"""Small building blocks shared by the CondInst modules."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def aligned_bilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Upsample ``[B, C, H, W]`` by an integer ``factor`` to ``[B, C, factor*H, factor*W]`` so that
+    output pixel centres stay aligned with the input's (CondInst's upsampling).
+
+    An input cell ``i`` has its centre at ``factor * i + factor // 2`` of the output grid;
+    interpolating corner-aligned between those centres, then shifting by ``factor // 2``
+    (replicating the border), gives that alignment, unlike ``F.interpolate``'s half-pixel one.
+    """
+    if factor == 1:
+        return x
+    h, w = x.shape[-2:]
+    x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    x = F.interpolate(x, size=(factor * h + 1, factor * w + 1), mode="bilinear", align_corners=True)
+    x = F.pad(x, (factor // 2, 0, factor // 2, 0), mode="replicate")
+    return x[:, :, : factor * h, : factor * w]
+
+
+def feature_locations(height: int, width: int, stride: int, device=None) -> torch.Tensor:
+    """``[H*W, 2]`` image coordinates ``(x, y)`` of the centres of a feature map's cells."""
+    ys = torch.arange(height, device=device, dtype=torch.float32) * stride + stride // 2
+    xs = torch.arange(width, device=device, dtype=torch.float32) * stride + stride // 2
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
+
+
+def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    """3x3 conv (no bias) + GroupNorm(32) or BatchNorm + ReLU."""
+    if norm == "GN":
+        norm_layer: nn.Module = nn.GroupNorm(32, out_channels)
+    elif norm == "BN":
+        norm_layer = nn.BatchNorm2d(out_channels)
+    else:
+        raise ValueError(f"unknown norm {norm!r}: expected 'GN' or 'BN'")
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), norm_layer, nn.ReLU()
+    )

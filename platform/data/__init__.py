@@ -1,0 +1,1 @@
+"""Datasets, generated data and batching."""
