@@ -6,24 +6,9 @@ import torchvision
 from torch import nn
 
 from boxinst.models.backbone import BackboneWeightsError, build_backbone
-from boxinst.models.condinst import CondInst, CondInstConfig
+from boxinst.models.condinst import CondInst
 from boxinst.models.dynamic_mask_head import DynamicMaskHead
 from boxinst.models.layers import aligned_bilinear
-
-
-def small_config(**overrides) -> CondInstConfig:
-    values = dict(
-        num_classes=3,
-        backbone_depth=18,
-        backbone_norm="BN",
-        trainable_backbone_layers=5,
-        fpn_channels=64,
-        head_convs=2,
-        mask_branch_channels=32,
-        mask_branch_convs=2,
-    )
-    values.update(overrides)
-    return CondInstConfig(**values)
 
 
 def count(module: nn.Module) -> int:
@@ -116,8 +101,8 @@ def test_backbone_weights_errors_say_what_to_do(tmp_path):
         build_backbone(42)
 
 
-def test_head_parameter_count_follows_the_architecture():
-    cfg = small_config()
+def test_head_parameter_count_follows_the_architecture(make_config):
+    cfg = make_config()
     model = CondInst(cfg)
     c, k, p = cfg.fpn_channels, cfg.num_classes, model.mask_head.num_params
     tower = cfg.head_convs * (9 * c * c + 2 * c)  # conv without bias + GroupNorm affine
@@ -126,8 +111,8 @@ def test_head_parameter_count_follows_the_architecture():
     assert model.head.controller.out_channels == p == 465
 
 
-def test_forward_shapes_and_mask_resolution():
-    model = CondInst(small_config())
+def test_forward_shapes_and_mask_resolution(make_config):
+    model = CondInst(make_config())
     images = torch.rand(2, 3, 96, 128) * 255
     out = model(images)
     cells = sum((96 // s) * (128 // s) for s in (8, 16, 32)) + 2 * 2 + 1 * 1
@@ -141,14 +126,14 @@ def test_forward_shapes_and_mask_resolution():
     assert masks.shape == (3, 96 // 4, 128 // 4)  # full-image masks at 1/4 resolution
 
 
-def test_forward_rejects_unpadded_images():
+def test_forward_rejects_unpadded_images(make_config):
     with pytest.raises(ValueError, match="multiples of 32"):
-        CondInst(small_config())(torch.zeros(1, 3, 100, 128))
+        CondInst(make_config())(torch.zeros(1, 3, 100, 128))
 
 
-def test_inference_on_an_untrained_model():
+def test_inference_on_an_untrained_model(make_config):
     torch.manual_seed(0)
-    model = CondInst(small_config(score_threshold=0.0, detections_per_image=7))
+    model = CondInst(make_config(score_threshold=0.0, detections_per_image=7))
     model.train()
     images = torch.rand(2, 3, 64, 96) * 255
     results = model.predict(
@@ -164,7 +149,7 @@ def test_inference_on_an_untrained_model():
     assert first["labels"].max() < 3
 
 
-def test_inference_with_no_detection_returns_empty_tensors():
-    model = CondInst(small_config(score_threshold=1.0))
+def test_inference_with_no_detection_returns_empty_tensors(make_config):
+    model = CondInst(make_config(score_threshold=1.0))
     (result,) = model.predict(torch.rand(1, 3, 64, 64) * 255, image_sizes=[(64, 64)])
     assert result["boxes"].shape == (0, 4) and result["masks"].shape == (0, 64, 64)

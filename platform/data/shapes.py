@@ -98,11 +98,11 @@ class Scene:
 
 def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A smooth random colour field plus a finer texture and pixel noise, float32 RGB."""
-    coarse = rng.uniform(40, 215, size=(3, 3, 3)).astype(np.float32)
+    coarse = rng.uniform(40, 215, size=(2, 2, 3)).astype(np.float32)
     field = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    fine = rng.normal(0, 12, size=(height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
+    fine = rng.normal(0, 3, size=(height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
     field += cv2.resize(fine, (width, height), interpolation=cv2.INTER_LINEAR)
-    return field + rng.normal(0, 4, size=field.shape).astype(np.float32)
+    return field + rng.normal(0, 3, size=field.shape).astype(np.float32)
 
 
 def render_scene(
@@ -126,7 +126,7 @@ def render_scene(
         if mask.sum() < 16:
             continue
         colour = rng.uniform(0, 255, size=3).astype(np.float32)
-        texture = rng.normal(0, 6, size=(height, width, 3)).astype(np.float32)
+        texture = rng.normal(0, 3, size=(height, width, 3)).astype(np.float32)
         image = np.where(mask[..., None] > 0, colour + texture, image)
         masks = [m * (1 - mask) for m in masks]
         masks.append(mask)
