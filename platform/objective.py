@@ -25,6 +25,7 @@ from boxinst.losses.fcos import (
     size_ranges,
 )
 from boxinst.losses.mask import mixed_mask_loss, pairwise_warmup_factor
+from boxinst.models.backbone import FPN_STRIDES
 from boxinst.models.condinst import CondInst, HeadOutputs
 
 
@@ -80,7 +81,11 @@ def pairwise_valid_region(
 
 
 def assign_batch(outputs: HeadOutputs, targets: list[dict], num_classes: int, cfg: LossConfig):
-    ranges = torch.tensor(size_ranges(5, cfg.sizes_of_interest), device=outputs.locations.device)
+    """FCOS targets of every image: labels ``[B, M]``, reg_targets ``[B, M, 4]``, gt_index
+    ``[B, M]`` (-1 for background)."""
+    ranges = torch.tensor(
+        size_ranges(len(FPN_STRIDES), cfg.sizes_of_interest), device=outputs.locations.device
+    )
     per_image = [
         assign_targets(
             outputs.locations,
