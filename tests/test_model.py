@@ -153,3 +153,30 @@ def test_inference_with_no_detection_returns_empty_tensors(make_config):
     model = CondInst(make_config(score_threshold=1.0))
     (result,) = model.predict(torch.rand(1, 3, 64, 64) * 255, image_sizes=[(64, 64)])
     assert result["boxes"].shape == (0, 4) and result["masks"].shape == (0, 64, 64)
+
+
+def test_backbone_weights_by_name_come_from_torchvision_cache(tmp_path, monkeypatch):
+    """A torchvision weights name resolves through torchvision's API and its hub cache."""
+    reference = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    backbone = build_backbone(18, weights="IMAGENET1K_V1", norm="BN")
+    torch.testing.assert_close(
+        backbone.body.layer4[1].conv2.weight, reference.layer4[1].conv2.weight
+    )
+
+
+def test_backbone_weights_download_failure_says_how_to_provide_them(tmp_path, monkeypatch):
+    def no_network(url, *args, **kwargs):
+        raise OSError(f"{url}: Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # the download function torchvision's weights API calls
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_network)
+    with pytest.raises(BackboneWeightsError) as error:
+        build_backbone(50, weights="IMAGENET1K_V2")
+    message = str(error.value)
+    assert "resnet50-" in message and "pass its path" in message and str(tmp_path) in message
