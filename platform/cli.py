@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from boxinst.platform import quick_train
+from boxinst.platform.data import synth
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -33,6 +35,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth(args: argparse.Namespace) -> int:
+    """Write the generated COCO-format dataset and print its statistics."""
+    cfg = synth.SynthConfig(
+        seed=args.seed,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        max_objects=args.max_objects,
+        low_contrast=args.low_contrast,
+    )
+    print(f"writing {cfg.train_images} train and {cfg.val_images} val images to {args.out}")
+    stats = synth.synthesize(Path(args.out), cfg)
+    for split, s in stats.items():
+        print(
+            f"\n{split}: {s['images']} images, {s['instances']} instances "
+            f"({s['instances_per_image']:.2f} per image), mean mask/box fill {s['box_fill']:.3f}"
+        )
+        for name, c in s["per_class"].items():
+            print(f"  {name:<16} {c['instances']:>6d} instances  box fill {c['box_fill']:.3f}")
+    groups = "; ".join(f"{g}: {', '.join(n)}" for g, n in synth.CLASS_GROUPS.items())
+    print(f"\nclass groups: {groups}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxinst", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--log-every", type=int, default=50)
     demo.set_defaults(handler=_demo)
+
+    data = commands.add_parser("data", help="datasets: generate, check, convert")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth_cmd = data_commands.add_parser(
+        "synth", help="write the generated shapes dataset in COCO format (train and val)"
+    )
+    defaults = synth.SynthConfig()
+    synth_cmd.add_argument("out", help="output folder")
+    synth_cmd.add_argument("--seed", type=int, default=defaults.seed)
+    synth_cmd.add_argument("--train-images", type=int, default=defaults.train_images)
+    synth_cmd.add_argument("--val-images", type=int, default=defaults.val_images)
+    synth_cmd.add_argument("--min-size", type=int, default=defaults.min_size)
+    synth_cmd.add_argument("--max-size", type=int, default=defaults.max_size)
+    synth_cmd.add_argument("--max-objects", type=int, default=defaults.max_objects)
+    synth_cmd.add_argument(
+        "--low-contrast",
+        type=float,
+        default=defaults.low_contrast,
+        help="share of objects coloured like the background under them",
+    )
+    synth_cmd.set_defaults(handler=_data_synth)
     return parser
 
 

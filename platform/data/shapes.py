@@ -74,6 +74,17 @@ def bar(rng, centre, radius, shape) -> Mask:
     return _polygon(centre + _rotate(corners, rng.uniform(0, np.pi)), shape)
 
 
+def rounded_polygon(rng, centre, radius, shape) -> Mask:
+    """A random convex-ish polygon whose corners are rounded by blurring and re-thresholding."""
+    corners = int(rng.integers(4, 8))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+    radii = radius * rng.uniform(0.7, 1.0, corners)
+    points = centre + radii[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    sharp = _polygon(points, shape).astype(np.float32)
+    blur = max(3, int(radius * 0.4)) | 1  # odd kernel size
+    return (cv2.GaussianBlur(sharp, (blur, blur), 0) > 0.5).astype(np.uint8)
+
+
 SHAPES: dict[str, Callable] = {
     "ellipse": ellipse,
     "triangle": triangle,
@@ -81,6 +92,7 @@ SHAPES: dict[str, Callable] = {
     "ring": ring,
     "crescent": crescent,
     "bar": bar,
+    "rounded_polygon": rounded_polygon,
 }
 
 
@@ -113,9 +125,13 @@ def render_scene(
     max_objects: int = 3,
     size_range: tuple[float, float] = (0.15, 0.35),
     min_visible: float = 0.5,
+    low_contrast: float = 0.0,
 ) -> Scene:
     """Draw 1..``max_objects`` shapes, later ones occluding earlier ones; an object keeps its
-    visible part as its mask and is dropped when less than ``min_visible`` of it remains."""
+    visible part as its mask and is dropped when less than ``min_visible`` of it remains.
+
+    With probability ``low_contrast`` an object takes a colour close to the background under
+    its centre, the hard case for the colour-similarity prior of the pairwise term."""
     image = textured_background(rng, height, width)
     masks, labels, full_areas = [], [], []
     for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -125,7 +141,11 @@ def render_scene(
         mask = SHAPES[classes[label]](rng, centre, radius, (height, width))
         if mask.sum() < 16:
             continue
-        colour = rng.uniform(0, 255, size=3).astype(np.float32)
+        if low_contrast > 0 and rng.random() < low_contrast:
+            background = image[int(centre[1]), int(centre[0])]
+            colour = (background + rng.normal(0, 12, size=3)).astype(np.float32)
+        else:
+            colour = rng.uniform(0, 255, size=3).astype(np.float32)
         texture = rng.normal(0, 3, size=(height, width, 3)).astype(np.float32)
         image = np.where(mask[..., None] > 0, colour + texture, image)
         masks = [m * (1 - mask) for m in masks]
