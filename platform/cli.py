@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from boxinst.platform import quick_train
-from boxinst.platform.data import synth
+from boxinst.platform.data import check, synth
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -60,6 +60,19 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    """Validate a dataset; exit status 1 when it has problems."""
+    annotations, images = check.resolve(Path(args.path))
+    problems = check.check_dataset(annotations, Path(args.images) if args.images else images)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"\n{len(problems)} problem(s) in {annotations}")
+        return 1
+    print(f"{annotations}: no problems")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxinst", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of objects coloured like the background under them",
     )
     synth_cmd.set_defaults(handler=_data_synth)
+
+    check_cmd = data_commands.add_parser(
+        "check", help="validate a COCO-format dataset and list every problem with its record"
+    )
+    check_cmd.add_argument("path", help="annotations JSON, or a folder with annotations.json")
+    check_cmd.add_argument("--images", help="image folder (default: images/ beside the JSON)")
+    check_cmd.set_defaults(handler=_data_check)
     return parser
 
 
