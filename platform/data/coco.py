@@ -1,0 +1,278 @@
+"""Instance-segmentation samples from any COCO-format dataset (annotation JSON + image folder).
+
+Every sample is an RGB image and a target whose instances carry ``has_mask`` from the regime's
+mask policy. The mask of an instance without ``has_mask`` is never decoded and is zeros whatever
+the transform did, so it cannot reach the model or the loss (the no-leakage rule of the
+semi-supervised regimes).
+
+Crowd annotations (``iscrowd``) are left out of the targets, as detectron2 does; COCO
+evaluation reads them from the annotation file itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from boxinst.platform.data.policy import MaskPolicy, parse_mask_policy
+
+Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class _ImageRecord:
+    """One image of the dataset with its non-crowd annotations and their ``has_mask``."""
+
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    annotations: list[dict[str, Any]]
+    has_mask: np.ndarray  # [G] bool
+
+
+def _load_coco(path: Path) -> COCO:
+    """pycocotools' index of the file, with clear errors for a missing or malformed file."""
+    try:
+        with path.open() as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"COCO annotation file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"COCO annotation file {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"COCO annotation file {path}: expected a JSON object at the top")
+    missing = [key for key in ("images", "annotations", "categories") if key not in data]
+    if missing:
+        raise ValueError(f"COCO annotation file {path} lacks the keys {missing}")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """``[height, width]`` uint8 mask of a COCO segmentation: polygons, uncompressed RLE
+    (``counts`` a list) or compressed RLE (``counts`` a string)."""
+    if isinstance(segmentation, list):
+        # Polygons of fewer than 3 points are no area (detectron2 drops them too); pycocotools
+        # would read a 4-number one as a box.
+        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
+        if not polygons:
+            raise ValueError("no polygon with at least 3 points")
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle)
+
+
+class CocoInstanceDataset(Dataset):
+    """Samples ``(image, target)`` of a COCO-format dataset.
+
+    ``image`` is a ``[3, H, W]`` uint8 RGB tensor (after ``transform``); ``target`` holds
+    ``boxes`` [G, 4] float32 xyxy, ``labels`` [G] int64 contiguous class indices, ``masks``
+    [G, H, W] uint8, ``has_mask`` [G] bool, ``image_size`` (H, W), ``ignore_bottom`` (rows at
+    the bottom of the transformed image), ``image_id`` and ``original_size`` (height, width of
+    the file). :func:`boxinst.platform.data.collate.collate_instances` batches them.
+
+    Args:
+        annotation_file: COCO-format JSON.
+        image_dir: folder the images' ``file_name`` are relative to.
+        train: training mode drops images without (non-crowd) annotations; evaluation mode
+            keeps every image.
+        mask_policy: which instances keep their mask (a policy or its spec, see
+            :func:`boxinst.platform.data.policy.parse_mask_policy`).
+        transform: a sample transform, e.g. from
+            :func:`boxinst.platform.data.transforms.train_transform`.
+        ignore_bottom: rows at the bottom of each original image to leave out of the pairwise
+            term (COCO: 10); scaled to the transformed image as the official code does.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_dir: str | Path,
+        *,
+        train: bool = True,
+        mask_policy: MaskPolicy | str | dict[str, Any] = "all",
+        transform: Transform | None = None,
+        ignore_bottom: int = 0,
+    ):
+        if (
+            isinstance(ignore_bottom, bool)
+            or not isinstance(ignore_bottom, int)
+            or ignore_bottom < 0
+        ):
+            raise ValueError(f"ignore_bottom: expected an integer >= 0, got {ignore_bottom!r}")
+        self.annotation_file = Path(annotation_file)
+        self.image_dir = Path(image_dir)
+        self.train = train
+        self.mask_policy = parse_mask_policy(mask_policy)
+        self.transform = transform
+        self.ignore_bottom = ignore_bottom
+        self.coco = _load_coco(self.annotation_file)
+
+        categories = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        if not categories:
+            raise ValueError(f"COCO annotation file {self.annotation_file} has no categories")
+        #: contiguous class index -> COCO category id (what evaluation writes back)
+        self.category_ids: tuple[int, ...] = tuple(c["id"] for c in categories)
+        self.category_names: tuple[str, ...] = tuple(c["name"] for c in categories)
+        self.label_of_category = {cid: i for i, cid in enumerate(self.category_ids)}
+        self.mask_policy.check_categories(self.category_names)
+        self._records = self._build_records()
+
+    def _where(self, annotation: dict[str, Any]) -> str:
+        return (
+            f"annotation id {annotation.get('id')} (image id {annotation.get('image_id')}) "
+            f"in {self.annotation_file}"
+        )
+
+    def _checked(self, annotation: dict[str, Any]) -> dict[str, Any]:
+        """The annotation, after checking its category and box."""
+        if annotation.get("category_id") not in self.label_of_category:
+            raise ValueError(
+                f"{self._where(annotation)} has unknown category id {annotation.get('category_id')}"
+            )
+        bbox = annotation.get("bbox")
+        valid = (
+            isinstance(bbox, (list, tuple))
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            and bbox[2] > 0
+            and bbox[3] > 0
+        )
+        if not valid:
+            raise ValueError(
+                f"{self._where(annotation)} has invalid bbox {bbox!r}: "
+                "expected [x, y, width, height] with positive width and height"
+            )
+        return annotation
+
+    def _build_records(self) -> list[_ImageRecord]:
+        names = dict(zip(self.category_ids, self.category_names, strict=True))
+        records = []
+        for image in self.coco.dataset["images"]:
+            missing = [key for key in ("id", "file_name", "height", "width") if key not in image]
+            if missing:
+                raise ValueError(
+                    f"image record {image.get('id')} in {self.annotation_file} lacks {missing}"
+                )
+            annotations = [
+                self._checked(a)
+                for a in self.coco.imgToAnns.get(image["id"], [])
+                if not a.get("iscrowd", 0)
+            ]
+            if self.train and not annotations:
+                continue
+            has_mask = np.array(
+                [self.mask_policy.has_mask(a["id"], names[a["category_id"]]) for a in annotations],
+                dtype=bool,
+            )
+            for annotation, keeps_mask in zip(annotations, has_mask, strict=True):
+                if keeps_mask and not annotation.get("segmentation"):
+                    raise ValueError(
+                        f"{self._where(annotation)} has no segmentation, but the mask policy "
+                        f"{self.mask_policy.to_spec()!r} gives it a mask"
+                    )
+            records.append(
+                _ImageRecord(
+                    image["id"],
+                    image["file_name"],
+                    image["height"],
+                    image["width"],
+                    annotations,
+                    has_mask,
+                )
+            )
+        return records
+
+    @property
+    def image_ids(self) -> list[int]:
+        """COCO image ids of the samples, in order."""
+        return [record.image_id for record in self._records]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _read_image(self, record: _ImageRecord) -> np.ndarray:
+        """``[H, W, 3]`` uint8 RGB, EXIF orientation applied, checked against the record's size."""
+        path = self.image_dir / record.file_name
+        where = f"image id {record.image_id} of {self.annotation_file}"
+        try:
+            with Image.open(path) as file:
+                image = np.asarray(ImageOps.exif_transpose(file).convert("RGB"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file {path} ({where}) does not exist") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"image file {path} ({where}) cannot be read: {error}") from None
+        if image.shape[:2] != (record.height, record.width):
+            raise ValueError(
+                f"image file {path} ({where}) is {image.shape[0]}x{image.shape[1]} (HxW), "
+                f"the annotation file says {record.height}x{record.width}"
+            )
+        return image
+
+    def _masks(self, record: _ImageRecord) -> np.ndarray:
+        """``[G, H, W]`` uint8: decoded for ``has_mask`` instances, zeros for the others."""
+        masks = np.zeros((len(record.annotations), record.height, record.width), np.uint8)
+        for i in np.flatnonzero(record.has_mask):
+            annotation = record.annotations[i]
+            try:
+                masks[i] = decode_segmentation(
+                    annotation["segmentation"], record.height, record.width
+                )
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                raise ValueError(
+                    f"{self._where(annotation)} has an invalid segmentation: {error}"
+                ) from None
+        return masks
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self._records[index]
+        xywh = np.array([a["bbox"] for a in record.annotations], np.float32).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = boxes.clip(0, [record.width, record.height] * 2).astype(np.float32)
+        sample = {
+            "image": self._read_image(record),
+            "boxes": boxes,
+            "masks": self._masks(record),
+            "labels": np.array(
+                [self.label_of_category[a["category_id"]] for a in record.annotations], np.int64
+            ),
+            "has_mask": record.has_mask,
+        }
+        if self.transform is not None:
+            sample = self.transform(sample)
+        height, width = sample["image"].shape[:2]
+        # Zero again at the exit, whatever the transform did: no mask of a box-only instance
+        # leaves the dataset.
+        masks = sample["masks"] * sample["has_mask"][:, None, None].astype(np.uint8)
+        image = torch.from_numpy(np.ascontiguousarray(sample["image"].transpose(2, 0, 1)))
+        target = {
+            "boxes": torch.from_numpy(sample["boxes"].astype(np.float32).reshape(-1, 4)),
+            "labels": torch.from_numpy(sample["labels"].astype(np.int64)),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "has_mask": torch.from_numpy(sample["has_mask"].astype(bool)),
+            "image_size": (height, width),
+            "ignore_bottom": int(self.ignore_bottom * height / record.height),
+            "image_id": record.image_id,
+            "original_size": (record.height, record.width),
+        }
+        return image, target
