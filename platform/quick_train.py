@@ -24,6 +24,22 @@ from boxinst.models.layers import aligned_bilinear
 from boxinst.platform.data.shapes import Scene, render_scene
 from boxinst.platform.objective import LossConfig, assign_batch, compute_losses
 
+
+def small_model_config(**overrides) -> CondInstConfig:
+    """A CondInst small enough to train on a CPU: ResNet-18 from scratch (batch norm, all
+    stages trained), 64-channel FPN, 2-conv towers, a 32-channel mask branch."""
+    values = dict(
+        backbone_depth=18,
+        backbone_norm="BN",
+        trainable_backbone_layers=5,
+        fpn_channels=64,
+        head_convs=2,
+        mask_branch_channels=32,
+        mask_branch_convs=2,
+    )
+    return CondInstConfig(**{**values, **overrides})
+
+
 #: Supervision regimes of the demo: mask policy and enabled box terms.
 REGIMES = {
     "box_only": dict(has_mask=False, use_projection=True, use_pairwise=True),
@@ -48,17 +64,7 @@ class QuickTrainConfig:
     learning_rate: float = 2e-3
     pairwise_warmup_iters: int = 150
     seed: int = 0
-    model: CondInstConfig = field(
-        default_factory=lambda: CondInstConfig(
-            backbone_depth=18,
-            backbone_norm="BN",
-            trainable_backbone_layers=5,
-            fpn_channels=64,
-            head_convs=2,
-            mask_branch_channels=32,
-            mask_branch_convs=2,
-        )
-    )
+    model: CondInstConfig = field(default_factory=small_model_config)
 
 
 def scenes_to_batch(scenes: list[Scene], has_mask: bool) -> tuple[torch.Tensor, list[dict]]:
