@@ -10,7 +10,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from boxinst.models.condinst import SIZE_DIVISIBILITY, CondInst
-from boxinst.platform.data.coco import CocoInstanceDataset
+from boxinst.platform.data.coco import CocoInstanceDataset, DatasetError
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.policy import (
     COCO_CLASSES,
@@ -242,10 +242,20 @@ def test_corrupt_image_error_names_the_file(coco):
         CocoInstanceDataset(annotation_file, root)[0]
 
 
-def test_invalid_box_error_names_the_annotation(tmp_path):
+def test_invalid_box_error_names_the_file_and_annotation(tmp_path):
     annotation_file = write_dataset(tmp_path, bad_box_id=3)
-    with pytest.raises(ValueError, match=r"annotation id 3 .*annotations\.json.*invalid bbox"):
+    with pytest.raises(DatasetError, match=r"annotations\.json: annotation id 3: .*non-positive"):
         CocoInstanceDataset(annotation_file, tmp_path)
+
+
+def test_bad_records_can_be_skipped_and_counted(tmp_path, capsys):
+    annotation_file = write_dataset(tmp_path, bad_box_id=3)
+    (tmp_path / "clean").mkdir()
+    clean = CocoInstanceDataset(write_dataset(tmp_path / "clean"), tmp_path / "clean")
+    dataset = CocoInstanceDataset(annotation_file, tmp_path, skip_bad_records=True)
+    assert dataset.skipped == {"annotations": 1, "images": 0}
+    assert "skipped 1 bad annotation(s)" in capsys.readouterr().out
+    assert 3 not in dataset.coco.anns and len(dataset.coco.anns) == len(clean.coco.anns) - 1
 
 
 def test_unknown_policy_class_lists_the_valid_ones(coco):

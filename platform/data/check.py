@@ -7,6 +7,7 @@ with a readable message (or, when asked, its bad records are skipped and counted
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +63,29 @@ def load_annotations(annotations: Path) -> tuple[dict | None, list[Problem]]:
 def _duplicates(name: str, kind: str, records: list[dict]) -> list[Problem]:
     counts = Counter(r.get("id") for r in records)
     return [
-        Problem(name, f"{kind} id {rid}", f"appears {n} times")
+        Problem(
+            name,
+            f"{kind} id {rid}",
+            f"appears {n} times",
+            image_id=rid if kind == "image" else None,
+            annotation_id=rid if kind == "annotation" else None,
+        )
         for rid, n in counts.items()
         if n > 1
     ]
 
 
-def _check_image(record: dict, folder: Path, name: str) -> list[Problem]:
-    rid = record.get("id")
-    where = f"image id {rid}"
+def _check_image_record(record: dict, name: str) -> list[Problem]:
     fields = [k for k in ("id", "file_name", "height", "width") if k not in record]
     if fields:
-        return [Problem(name, where, f"lacks {fields}", image_id=rid)]
+        rid = record.get("id")
+        return [Problem(name, f"image id {rid}", f"lacks {fields}", image_id=rid)]
+    return []
+
+
+def _check_image_file(record: dict, folder: Path) -> list[Problem]:
+    rid = record["id"]
+    where = f"image id {rid}"
     path = folder / record["file_name"]
     if not path.is_file():
         return [Problem(str(path), where, "image file does not exist", image_id=rid)]
@@ -108,9 +120,8 @@ def _check_annotation(ann: dict, images: dict, categories: set, name: str) -> li
     if ann.get("category_id") not in categories:
         problems.append(problem(f"has unknown category id {ann.get('category_id')}"))
     box = ann.get("bbox")
-    if not (
-        isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
-    ):
+    numbers = isinstance(box, list) and all(isinstance(v, int | float) for v in box)
+    if not (numbers and len(box) == 4 and all(math.isfinite(v) for v in box)):
         problems.append(problem(f"has a malformed bbox {box!r} (expected [x, y, w, h])"))
     else:
         x, y, w, h = box
@@ -139,19 +150,37 @@ def _check_annotation(ann: dict, images: dict, categories: set, name: str) -> li
     return problems
 
 
-def check_dataset(annotations: Path, image_folder: Path) -> list[Problem]:
-    """All problems of a COCO-format dataset (an empty list when it is sound)."""
-    data, problems = load_annotations(Path(annotations))
-    if data is None:
-        return problems
-    name = str(annotations)
-    problems += _duplicates(name, "image", data["images"])
+def check_records(data: dict, name: str) -> list[Problem]:
+    """The problems of a parsed COCO dict that need no image file: ids, image records and
+    annotations. Cheap enough to run before every training."""
+    problems = _duplicates(name, "image", data["images"])
     problems += _duplicates(name, "annotation", data["annotations"])
     problems += _duplicates(name, "category", data["categories"])
     images = {record.get("id"): record for record in data["images"]}
     for record in data["images"]:
-        problems += _check_image(record, Path(image_folder), name)
+        problems += _check_image_record(record, name)
     categories = {c.get("id") for c in data["categories"]}
     for ann in data["annotations"]:
         problems += _check_annotation(ann, images, categories, name)
     return problems
+
+
+def check_dataset(annotations: Path, image_folder: Path) -> list[Problem]:
+    """All problems of a COCO-format dataset, image files included (empty when it is sound)."""
+    data, problems = load_annotations(Path(annotations))
+    if data is None:
+        return problems
+    problems = check_records(data, str(annotations))
+    bad_images = {p.image_id for p in problems if p.annotation_id is None}
+    for record in data["images"]:
+        if record.get("id") not in bad_images:
+            problems += _check_image_file(record, Path(image_folder))
+    return problems
+
+
+def summarise(problems: list[Problem], limit: int = 10) -> str:
+    """The first ``limit`` problems, one a line, and how many more there are."""
+    lines = [str(p) for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"... and {len(problems) - limit} more (boxinst data check lists them all)")
+    return "\n".join(lines)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from boxinst.platform.data.check import Problem, check_records, load_annotations, summarise
 from boxinst.platform.data.policy import MaskPolicy, parse_mask_policy
 
 Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -44,25 +43,32 @@ class _ImageRecord:
     has_mask: np.ndarray  # [G] bool
 
 
-def _load_coco(path: Path) -> COCO:
-    """pycocotools' index of the file, with clear errors for a missing or malformed file."""
-    try:
-        with path.open() as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"COCO annotation file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"COCO annotation file {path} is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"COCO annotation file {path}: expected a JSON object at the top")
-    missing = [key for key in ("images", "annotations", "categories") if key not in data]
-    if missing:
-        raise ValueError(f"COCO annotation file {path} lacks the keys {missing}")
+class DatasetError(ValueError):
+    """A dataset with bad records; the message names the file and each record."""
+
+
+def _index(data: dict) -> COCO:
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
+
+
+def _without_bad_records(data: dict, problems: list[Problem]) -> tuple[dict, dict[str, int]]:
+    """``data`` less the images and annotations that ``problems`` name, and how many of each."""
+    bad_annotations = {p.annotation_id for p in problems if p.annotation_id is not None}
+    bad_images = {p.image_id for p in problems if p.annotation_id is None}
+    kept = {
+        **data,
+        "images": [i for i in data["images"] if i.get("id") not in bad_images],
+        "annotations": [
+            a
+            for a in data["annotations"]
+            if a.get("id") not in bad_annotations and a.get("image_id") not in bad_images
+        ],
+    }
+    return kept, {"images": len(bad_images), "annotations": len(bad_annotations)}
 
 
 def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
@@ -102,6 +108,11 @@ class CocoInstanceDataset(Dataset):
             :func:`boxinst.platform.data.transforms.train_transform`.
         ignore_bottom: rows at the bottom of each original image to leave out of the pairwise
             term (COCO: 10); scaled to the transformed image as the official code does.
+        skip_bad_records: the records that :func:`boxinst.platform.data.check.check_records`
+            finds bad (boxes, categories, ids) make the dataset fail with a
+            :class:`DatasetError` naming them; with True they are left out instead, counted in
+            ``skipped`` and reported once. Image files are read lazily, so an unreadable one
+            fails when its sample is read.
     """
 
     def __init__(
@@ -113,6 +124,7 @@ class CocoInstanceDataset(Dataset):
         mask_policy: MaskPolicy | str | dict[str, Any] = "all",
         transform: Transform | None = None,
         ignore_bottom: int = 0,
+        skip_bad_records: bool = False,
     ):
         if (
             isinstance(ignore_bottom, bool)
@@ -126,7 +138,7 @@ class CocoInstanceDataset(Dataset):
         self.mask_policy = parse_mask_policy(mask_policy)
         self.transform = transform
         self.ignore_bottom = ignore_bottom
-        self.coco = _load_coco(self.annotation_file)
+        self.coco, self.skipped = self._load(skip_bad_records)
 
         categories = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         if not categories:
@@ -138,46 +150,38 @@ class CocoInstanceDataset(Dataset):
         self.mask_policy.check_categories(self.category_names)
         self._records = self._build_records()
 
+    def _load(self, skip_bad_records: bool) -> tuple[COCO, dict[str, int]]:
+        data, problems = load_annotations(self.annotation_file)
+        if data is None:
+            raise DatasetError(summarise(problems))
+        problems = check_records(data, str(self.annotation_file))
+        fatal = [p for p in problems if p.image_id is None and p.annotation_id is None]
+        if problems and (fatal or not skip_bad_records):
+            advice = "" if fatal else "; fix them, or skip them with skip_bad_records"
+            raise DatasetError(
+                f"{len(problems)} bad record(s) in {self.annotation_file}{advice}:\n"
+                + summarise(fatal or problems)
+            )
+        data, skipped = _without_bad_records(data, problems)
+        if problems:
+            print(
+                f"{self.annotation_file}: skipped {skipped['annotations']} bad annotation(s) "
+                f"and {skipped['images']} bad image record(s) (boxinst data check lists them)"
+            )
+        return _index(data), skipped
+
     def _where(self, annotation: dict[str, Any]) -> str:
         return (
             f"annotation id {annotation.get('id')} (image id {annotation.get('image_id')}) "
             f"in {self.annotation_file}"
         )
 
-    def _checked(self, annotation: dict[str, Any]) -> dict[str, Any]:
-        """The annotation, after checking its category and box."""
-        if annotation.get("category_id") not in self.label_of_category:
-            raise ValueError(
-                f"{self._where(annotation)} has unknown category id {annotation.get('category_id')}"
-            )
-        bbox = annotation.get("bbox")
-        valid = (
-            isinstance(bbox, (list, tuple))
-            and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-            and bbox[2] > 0
-            and bbox[3] > 0
-        )
-        if not valid:
-            raise ValueError(
-                f"{self._where(annotation)} has invalid bbox {bbox!r}: "
-                "expected [x, y, width, height] with positive width and height"
-            )
-        return annotation
-
     def _build_records(self) -> list[_ImageRecord]:
         names = dict(zip(self.category_ids, self.category_names, strict=True))
         records = []
         for image in self.coco.dataset["images"]:
-            missing = [key for key in ("id", "file_name", "height", "width") if key not in image]
-            if missing:
-                raise ValueError(
-                    f"image record {image.get('id')} in {self.annotation_file} lacks {missing}"
-                )
             annotations = [
-                self._checked(a)
-                for a in self.coco.imgToAnns.get(image["id"], [])
-                if not a.get("iscrowd", 0)
+                a for a in self.coco.imgToAnns.get(image["id"], []) if not a.get("iscrowd", 0)
             ]
             if self.train and not annotations:
                 continue
