@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from boxinst.platform import evaluation, quick_train
-from boxinst.platform.data import check, synth
+from boxinst.platform.data import check, synth, voc
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -91,6 +91,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_convert_voc(args: argparse.Namespace) -> int:
+    """Convert Pascal VOC 2012 (+ SBD) to COCO format: train_aug and val."""
+    print(f"converting {args.voc} and {args.sbd or 'no SBD'} to {args.out} (train_aug, val)")
+    try:
+        splits = voc.convert_voc(
+            Path(args.voc), Path(args.sbd) if args.sbd else None, Path(args.out)
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for split, coco in splits.items():
+        print(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxinst", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("path", help="annotations JSON, or a folder with annotations.json")
     check_cmd.add_argument("--images", help="image folder (default: images/ beside the JSON)")
     check_cmd.set_defaults(handler=_data_check)
+
+    convert = data_commands.add_parser(
+        "convert-voc", help="Pascal VOC 2012 + SBD to COCO format (train_aug 10,582 / val 1,449)"
+    )
+    convert.add_argument("--voc", required=True, help="VOC2012 folder (JPEGImages, Segmentation*)")
+    convert.add_argument("--sbd", help="SBD 'dataset' folder (img, inst, train.txt, val.txt)")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.set_defaults(handler=_data_convert_voc)
 
     evaluate = commands.add_parser(
         "evaluate", help="COCO mask and box AP of a results file, over all classes and groups"
