@@ -1,0 +1,256 @@
+"""Experiment specs: YAML files validated into typed config objects before anything starts.
+
+A spec may ``extends:`` a base spec (a path relative to it, or the name of a spec shipped in
+``experiments/``); the child's keys are merged into the base's recursively. Command-line
+overrides ``--set a.b=c`` are applied last, their values read as YAML (``--set seed=3``,
+``--set loss.pairwise_tau=0.2``, ``--set regime=projection_only``).
+
+A wrong key or value is a :class:`SpecError` naming it (``model.num_clases: unknown key``),
+raised before Ray or MLflow are touched. YAML is read with ``yaml.safe_load`` only.
+
+The regime of a run is one section: the mask policy of its instances and the BoxInst terms
+used for the instances without a mask. It is a preset name (``box_only``, ``projection_only``,
+``fully_supervised``) or a mapping; the loss section sets how terms are computed, never whether.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass as validated
+
+from boxinst.models.condinst import CondInstConfig
+from boxinst.platform.data.policy import parse_mask_policy
+from boxinst.platform.data.synth import SynthConfig
+from boxinst.platform.objective import LossConfig
+
+#: Where the shipped specs live (the repo's experiments/ folder).
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+_STRICT = ConfigDict(extra="forbid")
+ModelSpec = validated(CondInstConfig, config=_STRICT)
+LossSpec = validated(LossConfig, config=_STRICT)
+SynthSpec = validated(SynthConfig, config=_STRICT)
+
+#: Named regimes: mask policy and box terms. Semi-supervised ones name their class group.
+REGIME_PRESETS: dict[str, dict[str, Any]] = {
+    "box_only": {"masks": "none", "projection": True, "pairwise": True},
+    "projection_only": {"masks": "none", "projection": True, "pairwise": False},
+    "fully_supervised": {"masks": "all", "projection": False, "pairwise": False},
+}
+_BOX_TERMS = ("use_projection", "use_pairwise")
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the file and the key."""
+
+
+class Spec(BaseModel):
+    model_config = _STRICT
+
+
+class Regime(Spec):
+    """Which instances keep their mask, and the BoxInst terms of the others (Eq. 6)."""
+
+    name: str
+    masks: str | dict[str, Any] = "none"
+    projection: bool = True
+    pairwise: bool = True
+
+    @field_validator("masks")
+    @classmethod
+    def _valid_policy(cls, masks):
+        parse_mask_policy(masks)  # raises ValueError naming the bad key or value
+        return masks
+
+
+class Split(Spec):
+    annotations: str
+    images: str
+
+
+class Data(Spec):
+    train: Split
+    val: Split
+    synth: SynthSpec | None = None  # generate the dataset there first if it is missing
+    ignore_bottom: int = Field(0, ge=0)
+    skip_bad_records: bool = False
+    train_short_sizes: list[int] = Field(default_factory=lambda: list(range(640, 801, 32)))
+    max_size: int = 1333
+    test_short_size: int = 800
+    flip_prob: float = Field(0.5, ge=0, le=1)
+    loader_workers: int = Field(2, ge=0)
+
+
+class Solver(Spec):
+    """SGD with linear warm-up and step decay, as the paper's COCO recipe (1x: 90k iterations,
+    batch 16, lr 0.01, /10 at 60k and 80k)."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    base_lr: float = Field(0.01, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    ims_per_batch: int = Field(16, ge=1)
+    max_iter: int = Field(90_000, ge=1)
+    steps: list[int] = Field(default_factory=lambda: [60_000, 80_000])
+    gamma: float = 0.1
+    warmup_iters: int = Field(1000, ge=0)
+    warmup_factor: float = 0.001
+    clip_grad_norm: float | None = None
+    amp: bool = True  # on CUDA only
+
+
+class Evaluation(Spec):
+    every: int = Field(0, ge=0)  # iterations between evaluations; 0: at the end only
+    groups: dict[str, list[str]] = Field(default_factory=dict)  # extra class groups to score
+
+
+class Resources(Spec):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class Sweep(Spec):
+    """Axes over any key of the spec (dotted), each a list of values: a grid."""
+
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    num_samples: int = Field(1, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    scheduler: Literal["none", "asha"] = "none"
+    metric: str = "segm/AP"
+    mode: Literal["max", "min"] = "max"
+
+
+class TrainSpec(Spec):
+    name: str
+    seed: int = 0
+    regime: Regime
+    data: Data
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    solver: Solver = Field(default_factory=Solver)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    resources: Resources = Field(default_factory=Resources)
+    sweep: Sweep | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_regime(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("regime"), str):
+            name = data["regime"]
+            if name not in REGIME_PRESETS:
+                raise ValueError(
+                    f"regime: unknown preset {name!r}; presets: {list(REGIME_PRESETS)}"
+                )
+            data = {**data, "regime": {"name": name, **REGIME_PRESETS[name]}}
+        if isinstance(data, dict) and isinstance(data.get("loss"), dict):
+            terms = [key for key in _BOX_TERMS if key in data["loss"]]
+            if terms:
+                raise ValueError(
+                    f"loss.{terms[0]}: the box terms are chosen by the regime "
+                    "(regime.projection / regime.pairwise)"
+                )
+        return data
+
+    def loss_config(self) -> LossConfig:
+        """The objective's loss settings, the box terms taken from the regime."""
+        values = {k: getattr(self.loss, k) for k in LossConfig.__dataclass_fields__}
+        values.update(use_projection=self.regime.projection, use_pairwise=self.regime.pairwise)
+        return LossConfig(**values)
+
+
+def _merge(base: dict, child: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def find_spec(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """A spec file: a path (relative to ``relative_to`` when given) or a shipped spec's name."""
+    candidates = [Path(name_or_path)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / name_or_path)
+    candidates.append(EXPERIMENTS / f"{name_or_path}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    shipped = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    raise SpecError(f"spec {name_or_path!s} is neither a file nor a shipped spec {shipped}")
+
+
+def read_spec(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The spec's mapping with its ``extends`` chain merged in."""
+    if path in _seen:
+        raise SpecError(f"{path}: extends itself through {' -> '.join(map(str, _seen))}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a mapping of keys, not {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    return _merge(read_spec(find_spec(base, path.parent), (*_seen, path)), data)
+
+
+def set_key(data: dict, dotted: str, value: Any) -> dict:
+    """A copy of ``data`` with ``a.b.c`` set to ``value`` (intermediate mappings created)."""
+    data = copy.deepcopy(data)
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if isinstance(child, str) and key == "regime":
+            child = {"name": child, **REGIME_PRESETS.get(child, {})}
+        node[key] = child if isinstance(child, dict) else {}
+        node = node[key]
+    node[leaf] = value
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ``("a.b", value read as YAML)``."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set solver.base_lr=0.02")
+    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+
+
+def validate(data: dict, source: str) -> TrainSpec:
+    """Typed spec of a mapping, or a SpecError listing each bad key of ``source``."""
+    try:
+        return TrainSpec.model_validate(data)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            message = problem["msg"].removeprefix("Value error, ")
+            if problem["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
+                message = "unknown key"
+            lines.append(f"{source}: {key}: {message}")
+        raise SpecError("\n".join(lines)) from None
+
+
+def load_spec(name_or_path: str | Path, overrides: list[str] = ()) -> TrainSpec:
+    """Read, merge, override and validate a spec; its sweep axes are checked value by value."""
+    path = find_spec(name_or_path)
+    data = read_spec(path)
+    for text in overrides:
+        data = set_key(data, *parse_override(text))
+    spec = validate(data, str(path))
+    for key, values in (spec.sweep.axes if spec.sweep else {}).items():
+        if not values:
+            raise SpecError(f"{path}: sweep.axes.{key}: an axis needs at least one value")
+        for value in values:
+            validate(set_key(data, key, value), f"{path} (sweep axis {key}={value!r})")
+    return spec
