@@ -79,6 +79,13 @@ class InstanceTransform:
             self._pipeline.set_random_seed(worker.seed % 2**32)
             self._worker_seed = worker.seed
 
+    def reseed(self, seed: int) -> None:
+        """Draw the next augmentations from ``seed`` (a per-sample seed makes a sample's
+        augmentation independent of which worker loads it and of where a run resumed)."""
+        self._pipeline.set_random_seed(seed % 2**32)
+        worker = torch.utils.data.get_worker_info()
+        self._worker_seed = worker.seed if worker is not None else None
+
     def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._reseed_in_worker()
         masks = sample["masks"]

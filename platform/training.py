@@ -1,0 +1,276 @@
+"""One training run of a spec: data, model, optimisation loop, checkpoints and evaluation.
+
+The loop is written once for a single process and for each worker of a distributed run (the
+Ray Train glue wraps the model and loaders; this module only asks ``torch.distributed``).
+A checkpoint holds everything a resumed run needs to continue exactly where it stopped:
+model, optimiser, schedule, AMP scaler, iteration, and the random states of torch and of the
+loop's own generators. It is written to a temporary file and renamed, so a crash while writing
+leaves the previous one whole, and it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from boxinst.models.condinst import CondInst
+from boxinst.platform.data.coco import CocoInstanceDataset
+from boxinst.platform.data.collate import collate_instances
+from boxinst.platform.data.policy import ClassMasks, parse_mask_policy
+from boxinst.platform.data.synth import synthesize
+from boxinst.platform.data.transforms import eval_transform, train_transform
+from boxinst.platform.evaluation import evaluate, predictions_to_coco_results
+from boxinst.platform.metrics import TRAIN_LOSS, train_loss_name
+from boxinst.platform.objective import compute_losses
+from boxinst.platform.solver import build_optimizer, build_scheduler
+from boxinst.platform.spec import TrainSpec
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def prepare_data(spec: TrainSpec) -> None:
+    """Generate the spec's synthetic dataset where it is asked for and missing."""
+    synth = spec.data.synth
+    if synth is not None and not Path(spec.data.train.annotations).is_file():
+        synthesize(Path(spec.data.train.annotations).parents[1], synth)
+
+
+def build_datasets(spec: TrainSpec) -> tuple[CocoInstanceDataset, CocoInstanceDataset]:
+    """Training set under the regime's mask policy, and the evaluation set (all masks)."""
+    data = spec.data
+    train = CocoInstanceDataset(
+        data.train.annotations,
+        data.train.images,
+        train=True,
+        mask_policy=spec.regime.masks,
+        transform=train_transform(data.train_short_sizes, data.max_size, data.flip_prob, spec.seed),
+        ignore_bottom=data.ignore_bottom,
+        skip_bad_records=data.skip_bad_records,
+    )
+    val = CocoInstanceDataset(
+        data.val.annotations,
+        data.val.images,
+        train=False,
+        mask_policy="all",
+        transform=eval_transform(data.test_short_size, data.max_size),
+        skip_bad_records=data.skip_bad_records,
+    )
+    return train, val
+
+
+def evaluation_groups(spec: TrainSpec, category_names: tuple[str, ...]) -> dict[str, list[str]]:
+    """The spec's class groups plus ``unseen``: the classes a class-wise mask policy leaves
+    without masks (the paper's Tables 6 and 7)."""
+    groups = dict(spec.evaluation.groups)
+    policy = parse_mask_policy(spec.regime.masks)
+    if isinstance(policy, ClassMasks):
+        unseen = [name for name in category_names if name not in policy.classes]
+        if unseen:
+            groups["unseen"] = unseen
+    return groups
+
+
+@dataclass
+class TrainState:
+    model: CondInst
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator
+    iteration: int = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration = state["iteration"]
+
+
+def save_checkpoint(state: TrainState, folder: Path) -> Path:
+    """Write ``folder/checkpoint.pt`` atomically (temporary file, fsync, rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CHECKPOINT_FILE
+    partial = folder / f".{CHECKPOINT_FILE}.partial"
+    with partial.open("wb") as file:
+        torch.save(state.state_dict(), file)
+        file.flush()
+        os.fsync(file.fileno())
+    partial.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_state(spec: TrainSpec, device: torch.device) -> TrainState:
+    torch.manual_seed(spec.seed)
+    model = CondInst(spec.model).to(device)
+    optimizer = build_optimizer(model, spec.solver)
+    return TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, spec.solver),
+        scaler=torch.amp.GradScaler(device.type, enabled=spec.solver.amp and device.type == "cuda"),
+        generator=torch.Generator().manual_seed(spec.seed),
+    )
+
+
+class SeededSamples(Dataset):
+    """A dataset read with ``(index, seed)`` keys: the transform is reseeded per sample, so a
+    sample's augmentation depends on the run's seed, the pass and the index only."""
+
+    def __init__(self, dataset: CocoInstanceDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        self.dataset.transform.reseed(seed)
+        return self.dataset[index]
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """This worker's share of a seeded shuffle of the dataset, one permutation per pass
+    (``DistributedSampler``), yielding ``(index, per-sample seed)`` and able to start a pass
+    part-way, so a resumed run sees exactly the samples and augmentations an uninterrupted one
+    would."""
+
+    def __init__(self, dataset, seed: int):
+        distributed = torch.distributed.is_initialized()
+        self.inner = DistributedSampler(
+            dataset,
+            num_replicas=torch.distributed.get_world_size() if distributed else 1,
+            rank=torch.distributed.get_rank() if distributed else 0,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.seed = seed
+        self.skip = 0
+
+    def start(self, epoch: int, skip: int) -> None:
+        self.inner.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.inner.epoch) * 1_000_003
+        return iter([(i, base + i) for i in list(self.inner)[self.skip :]])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.skip
+
+
+def batches(loader: DataLoader, iteration: int) -> Iterator:
+    """Endless batches from ``iteration`` on: pass ``iteration // len`` of the sampler, resumed
+    at its batch ``iteration % len``."""
+    sampler: ResumableSampler = loader.sampler
+    per_pass = len(sampler.inner) // loader.batch_size
+    epoch, offset = divmod(iteration, per_pass)
+    while True:
+        sampler.start(epoch, offset * loader.batch_size)
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def train_steps(
+    spec: TrainSpec,
+    state: TrainState,
+    loader: DataLoader,
+    until: int,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    log_every: int = 20,
+) -> None:
+    """Optimise from ``state.iteration`` up to ``until`` (exclusive); every ``log_every``
+    iterations ``on_log(iteration, losses)``."""
+    device = next(state.model.parameters()).device
+    loss_cfg = spec.loss_config()
+    model = state.model
+    model.train()
+    stream = batches(loader, state.iteration)
+    while state.iteration < until:
+        images, targets = next(stream)
+        images = images.to(device)
+        targets = [
+            {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
+        ]
+        with torch.autocast(device.type, enabled=state.scaler.is_enabled()):
+            losses = compute_losses(
+                model, images, targets, loss_cfg, state.iteration, state.generator
+            )
+        total = sum(losses.values())
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(total).backward()
+        if spec.solver.clip_grad_norm:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.solver.clip_grad_norm)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        state.iteration += 1
+        if on_log is not None and (state.iteration % log_every == 0 or state.iteration == until):
+            metrics = {train_loss_name(k): v.item() for k, v in losses.items()}
+            metrics[TRAIN_LOSS] = total.item()
+            on_log(state.iteration, metrics)
+
+
+@torch.no_grad()
+def predict_dataset(model: CondInst, loader: DataLoader) -> list[dict]:
+    """COCO results of the model on every image of an evaluation loader."""
+    device = next(model.parameters()).device
+    dataset: CocoInstanceDataset = loader.dataset
+    results: list[dict] = []
+    for images, targets in loader:
+        outputs = model.predict(
+            images.to(device),
+            [t["image_size"] for t in targets],
+            [t["original_size"] for t in targets],
+        )
+        results += predictions_to_coco_results(
+            outputs, [t["image_id"] for t in targets], dataset.category_ids
+        )
+    return results
+
+
+def evaluate_model(spec: TrainSpec, model: CondInst, loader: DataLoader) -> dict[str, float]:
+    """Mask and box AP on the evaluation set, overall and per class group."""
+    dataset: CocoInstanceDataset = loader.dataset
+    results = predict_dataset(model, loader)
+    return evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
+
+
+def loaders(spec: TrainSpec, train_set, val_set) -> tuple[DataLoader, DataLoader]:
+    """Training loader (``ims_per_batch`` split over the workers) and evaluation loader."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    per_worker = max(spec.solver.ims_per_batch // world, 1)
+    train = DataLoader(
+        SeededSamples(train_set),
+        batch_size=per_worker,
+        sampler=ResumableSampler(train_set, spec.seed),
+        drop_last=True,
+        num_workers=spec.data.loader_workers,
+        collate_fn=collate_instances,
+    )
+    val = DataLoader(val_set, batch_size=2, collate_fn=collate_instances)
+    return train, val
