@@ -125,8 +125,9 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """All training losses of one batch: ``loss_cls``, ``loss_box``, ``loss_ctr`` (FCOS) and
     ``loss_mask`` (dice), ``loss_proj``, ``loss_pairwise`` (BoxInst) from the regime's mixer."""
-    outputs = model(images)
-    num_classes = model.config.num_classes
+    outputs = model(images)  # through the DDP wrapper when distributed: it syncs the gradients
+    core: CondInst = getattr(model, "module", model)
+    num_classes = core.config.num_classes
     labels, reg_targets, gt_index = assign_batch(outputs, targets, num_classes, cfg)
     losses = fcos_losses(
         outputs.cls.flatten(0, 1),
@@ -141,9 +142,9 @@ def compute_losses(
     image_idx, location_idx = _sample_mask_instances(
         gt_index, cfg.max_mask_instances_per_image, generator
     )
-    mask_logits = model.instance_mask_logits(outputs, image_idx, location_idx)
+    mask_logits = core.instance_mask_logits(outputs, image_idx, location_idx)
 
-    stride = model.config.mask_out_stride
+    stride = core.config.mask_out_stride
     height, width = images.shape[-2:]
     start = stride // 2
     offsets = torch.tensor([0] + [len(t["boxes"]) for t in targets], device=images.device).cumsum(0)

@@ -109,6 +109,11 @@ class Evaluation(Spec):
     groups: dict[str, list[str]] = Field(default_factory=dict)  # extra class groups to score
 
 
+class Reporting(Spec):
+    log_every: int = Field(20, ge=1)  # iterations between reported losses
+    checkpoint_every: int = Field(1000, ge=1)  # iterations between checkpoints
+
+
 class Resources(Spec):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
@@ -135,6 +140,7 @@ class TrainSpec(Spec):
     loss: LossSpec = Field(default_factory=LossSpec)
     solver: Solver = Field(default_factory=Solver)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    reporting: Reporting = Field(default_factory=Reporting)
     resources: Resources = Field(default_factory=Resources)
     sweep: Sweep | None = None
 
@@ -156,6 +162,11 @@ class TrainSpec(Spec):
                     "(regime.projection / regime.pairwise)"
                 )
         return data
+
+    def as_dict(self) -> dict:
+        """The resolved spec as plain JSON-able data, valid input of ``TrainSpec`` again (the
+        box-term switches of the loss are left to the regime, as in a spec file)."""
+        return self.model_dump(mode="json", exclude={"loss": set(_BOX_TERMS)})
 
     def loss_config(self) -> LossConfig:
         """The objective's loss settings, the box terms taken from the regime."""

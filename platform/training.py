@@ -201,12 +201,13 @@ def train_steps(
     until: int,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     log_every: int = 20,
+    model: torch.nn.Module | None = None,
 ) -> None:
     """Optimise from ``state.iteration`` up to ``until`` (exclusive); every ``log_every``
-    iterations ``on_log(iteration, losses)``."""
+    iterations ``on_log(iteration, losses)``. ``model`` is ``state.model`` or its DDP wrapper."""
     device = next(state.model.parameters()).device
     loss_cfg = spec.loss_config()
-    model = state.model
+    model = model or state.model
     model.train()
     stream = batches(loader, state.iteration)
     while state.iteration < until:

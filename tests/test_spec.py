@@ -35,6 +35,12 @@ def test_spec_becomes_typed_configs(tmp_path):
     assert loss.pairwise_tau == 0.1 and spec.solver.steps == [80]
 
 
+def test_resolved_spec_round_trips(tmp_path):
+    spec = load_spec(write(tmp_path, "base.yaml", BASE), ["regime=projection_only"])
+    again = type(spec).model_validate(spec.as_dict())
+    assert again == spec and not again.loss_config().use_pairwise
+
+
 def test_extends_merges_recursively_and_overrides_come_last(tmp_path):
     write(tmp_path, "base.yaml", BASE)
     child = write(
