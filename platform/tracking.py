@@ -1,0 +1,119 @@
+"""MLflow tracking: one parent run per sweep, one nested run per trial, honest end states.
+
+Everything goes through an explicit ``MlflowClient`` (no global active run), so a Ray worker,
+the sweep driver and a test can each log to their run without sharing process state. The
+tracking URI is ``MLFLOW_TRACKING_URI`` when set (a team server), else a SQLite store in the
+working directory (the embedded default).
+
+A run ends FINISHED, FAILED (an exception) or KILLED (interrupted); :meth:`Tracker.run` makes
+sure a run is never left RUNNING by a failure of the code inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from time import time
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+#: Keys whose values are never logged: they look like credentials.
+SECRET_KEY = re.compile(
+    r"password|passwd|secret|token|api[_-]?key|credential|private[_-]?key", re.I
+)
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+METRIC_BATCH = 1000  # MLflow's limit on metrics per log_batch call
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b": "value"}`` parameters; lists as JSON; secrets left out."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if SECRET_KEY.search(str(key)):
+            continue
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            flat[name] = text[:MAX_PARAM_LENGTH]
+    return flat
+
+
+class Tracker:
+    """Runs of one MLflow experiment."""
+
+    def __init__(self, experiment: str, tracking_uri: str | None = None):
+        self.client = MlflowClient(tracking_uri or default_tracking_uri())
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+
+    def start(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create a RUNNING run (nested under ``parent_run_id`` if given) with its parameters."""
+        all_tags = dict(tags or {})
+        if parent_run_id is not None:
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
+        flat = flatten(params or {})
+        items = [Param(k, v) for k, v in flat.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[start : start + 100])
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Numeric metrics at ``step`` (non-numbers are skipped)."""
+        now = int(time() * 1000)
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        for start in range(0, len(items), METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=items[start : start + METRIC_BATCH])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def run(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[str]:
+        """A run that ends FINISHED, or FAILED / KILLED with the error re-raised."""
+        run_id = self.start(name, params, parent_run_id, tags)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.finish(run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException:
+            self.finish(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.finish(run_id, RunStatus.to_string(RunStatus.FINISHED))
