@@ -3,11 +3,9 @@
 import pytest
 import ray
 import torch
-import yaml
 
 from boxinst.platform.ray_train import build_trainer
-from boxinst.platform.spec import load_spec
-from boxinst.platform.training import CHECKPOINT_FILE, prepare_data
+from boxinst.platform.training import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -19,53 +17,21 @@ def local_ray():
     ray.shutdown()
 
 
-def tiny_spec(tmp_path, max_iter):
-    root = tmp_path / "shapes"
-    data = {
-        "name": "tiny",
-        "regime": "box_only",
-        "data": {
-            "train": {
-                "annotations": f"{root}/train/annotations.json",
-                "images": f"{root}/train/images",
-            },
-            "val": {"annotations": f"{root}/val/annotations.json", "images": f"{root}/val/images"},
-            "synth": {
-                "seed": 2,
-                "train_images": 8,
-                "val_images": 2,
-                "min_size": 64,
-                "max_size": 80,
-            },
-            "train_short_sizes": [64],
-            "max_size": 96,
-            "test_short_size": 64,
-            "loader_workers": 0,
-        },
-        "model": {
-            "num_classes": 7,
-            "backbone_depth": 18,
-            "backbone_norm": "BN",
-            "trainable_backbone_layers": 5,
-            "fpn_channels": 64,
-            "head_convs": 1,
-            "mask_branch_channels": 32,
-            "mask_branch_convs": 1,
-        },
-        "solver": {"ims_per_batch": 4, "max_iter": max_iter, "steps": [100], "warmup_iters": 1},
-        "reporting": {"log_every": 1, "checkpoint_every": 2},
-        "resources": {"num_workers": 2, "cpus_per_worker": 1},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    spec = load_spec(path)
-    prepare_data(spec)
-    return spec
+def spec(tiny_spec, max_iter):
+    return tiny_spec(
+        "data.train_short_sizes=[64]",
+        "solver.ims_per_batch=4",
+        f"solver.max_iter={max_iter}",
+        "solver.steps=[100]",
+        "solver.warmup_iters=1",
+        "reporting={log_every: 1, checkpoint_every: 2}",
+        "resources={num_workers: 2, cpus_per_worker: 1}",
+    )
 
 
-def test_two_workers_train_checkpoint_evaluate_and_resume(local_ray, tmp_path):
+def test_two_workers_train_checkpoint_evaluate_and_resume(local_ray, tiny_spec, tmp_path):
     storage = tmp_path / "runs"
-    result = build_trainer(tiny_spec(tmp_path, max_iter=4), storage, "run").fit()
+    result = build_trainer(spec(tiny_spec, 4), storage, "run").fit()
     assert result.error is None
     assert result.metrics["iteration"] == 4 and result.metrics["resumed_from"] == 0
     assert "segm/AP" in result.metrics and "bbox/AP" in result.metrics
@@ -74,5 +40,5 @@ def test_two_workers_train_checkpoint_evaluate_and_resume(local_ray, tmp_path):
     assert state["iteration"] == 4
 
     # the same run name under the same storage resumes from its latest checkpoint
-    longer = build_trainer(tiny_spec(tmp_path, max_iter=6), storage, "run").fit()
+    longer = build_trainer(spec(tiny_spec, 6), storage, "run").fit()
     assert longer.metrics["resumed_from"] == 4 and longer.metrics["iteration"] == 6

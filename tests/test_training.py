@@ -4,9 +4,7 @@ import math
 
 import pytest
 import torch
-import yaml
 
-from boxinst.platform.spec import load_spec
 from boxinst.platform.training import (
     build_datasets,
     build_state,
@@ -14,7 +12,6 @@ from boxinst.platform.training import (
     evaluation_groups,
     load_checkpoint,
     loaders,
-    prepare_data,
     save_checkpoint,
     train_steps,
 )
@@ -29,54 +26,13 @@ def one_thread():
 
 
 @pytest.fixture
-def spec(tmp_path):
-    root = tmp_path / "shapes"
-    data = {
-        "name": "tiny",
-        "seed": 1,
-        "regime": {"name": "semi", "masks": {"classes": ["ellipse", "star"]}},
-        "data": {
-            "train": {
-                "annotations": f"{root}/train/annotations.json",
-                "images": f"{root}/train/images",
-            },
-            "val": {"annotations": f"{root}/val/annotations.json", "images": f"{root}/val/images"},
-            "synth": {
-                "seed": 2,
-                "train_images": 6,
-                "val_images": 2,
-                "min_size": 64,
-                "max_size": 80,
-            },
-            "train_short_sizes": [64, 72],
-            "max_size": 96,
-            "test_short_size": 64,
-            "loader_workers": 0,
-        },
-        "model": {
-            "num_classes": 7,
-            "backbone_depth": 18,
-            "backbone_norm": "BN",
-            "trainable_backbone_layers": 5,
-            "fpn_channels": 64,
-            "head_convs": 1,
-            "mask_branch_channels": 32,
-            "mask_branch_convs": 1,
-        },
-        "loss": {"pairwise_warmup_iters": 2},
-        "solver": {
-            "ims_per_batch": 2,
-            "max_iter": 6,
-            "steps": [4],
-            "warmup_iters": 2,
-            "base_lr": 0.005,
-        },
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    spec = load_spec(path)
-    prepare_data(spec)
-    return spec
+def spec(tiny_spec):
+    return tiny_spec(
+        "seed=1",
+        "regime={name: semi, masks: {classes: [ellipse, star]}}",
+        "loss.pairwise_warmup_iters=2",
+        "solver.base_lr=0.005",
+    )
 
 
 def run(spec, start_state=None, until=None):
