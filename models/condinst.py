@@ -42,6 +42,7 @@ class CondInstConfig:
     mask_out_stride: int = 4
     # inference (CondInst's)
     score_threshold: float = 0.05
+    threshold_with_centerness: bool = False  # CondInst: False; the official BoxInst configs: True
     pre_nms_topk: int = 1000
     nms_threshold: float = 0.6
     detections_per_image: int = 100
@@ -169,7 +170,8 @@ class CondInst(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:
         """CondInst inference on a padded batch.
 
-        Per image: locations whose class score exceeds ``score_threshold`` (at most
+        Per image: locations whose class score (times centerness when
+        ``threshold_with_centerness``) exceeds ``score_threshold`` (at most
         ``pre_nms_topk`` per level), scored ``sqrt(cls * centerness)``, class-wise NMS, the
         ``detections_per_image`` best kept; their masks are upsampled to the input, cropped to
         the image, resized to the output size and thresholded.
@@ -194,8 +196,9 @@ class CondInst(nn.Module):
 
     def _predict_image(self, outputs: HeadOutputs, index: int, image_size, output_size) -> dict:
         cfg = self.config
-        scores = outputs.cls[index].sigmoid() * outputs.centerness[index].sigmoid()[:, None]
-        candidates = outputs.cls[index].sigmoid() > cfg.score_threshold
+        cls = outputs.cls[index].sigmoid()
+        scores = cls * outputs.centerness[index].sigmoid()[:, None]
+        candidates = (scores if cfg.threshold_with_centerness else cls) > cfg.score_threshold
 
         keep_locations, keep_labels, keep_scores = [], [], []
         for level in range(len(FPN_STRIDES)):

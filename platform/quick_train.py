@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from boxinst.losses.fcos import centerness_targets
-from boxinst.models.condinst import SIZE_DIVISIBILITY, CondInst, CondInstConfig
+from boxinst.models.condinst import CondInst, CondInstConfig
 from boxinst.models.layers import aligned_bilinear
+from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.shapes import Scene, render_scene
 from boxinst.platform.objective import LossConfig, assign_batch, compute_losses
 
@@ -68,28 +69,21 @@ class QuickTrainConfig:
 
 
 def scenes_to_batch(scenes: list[Scene], has_mask: bool) -> tuple[torch.Tensor, list[dict]]:
-    """Pad scenes to a common size divisible by 32 and build the objective's targets."""
-    height = max(s.image.shape[0] for s in scenes)
-    width = max(s.image.shape[1] for s in scenes)
-    height = -(-height // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    width = -(-width // SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY
-    images = torch.zeros(len(scenes), 3, height, width)
-    targets = []
-    for i, scene in enumerate(scenes):
-        h, w = scene.image.shape[:2]
-        images[i, :, :h, :w] = torch.from_numpy(scene.image).permute(2, 0, 1).float()
-        masks = torch.zeros(len(scene.masks), height, width)
-        masks[:, :h, :w] = torch.from_numpy(scene.masks).float()
-        targets.append(
+    """The objective's batch of generated scenes, padded by the datasets' own collate."""
+    samples = [
+        (
+            torch.from_numpy(scene.image).permute(2, 0, 1),
             {
                 "boxes": torch.from_numpy(scene.boxes),
                 "labels": torch.from_numpy(scene.labels),
-                "masks": masks,
+                "masks": torch.from_numpy(scene.masks),
                 "has_mask": torch.full((len(scene.masks),), has_mask),
-                "image_size": (h, w),
-            }
+                "image_size": scene.image.shape[:2],
+            },
         )
-    return images, targets
+        for scene in scenes
+    ]
+    return collate_instances(samples)
 
 
 def generate(cfg: QuickTrainConfig, count: int, seed: int) -> list[Scene]:

@@ -26,6 +26,11 @@ from pydantic.dataclasses import dataclass as validated
 from boxinst.models.condinst import CondInstConfig
 from boxinst.platform.data.policy import parse_mask_policy
 from boxinst.platform.data.synth import SynthConfig
+from boxinst.platform.data.transforms import (
+    COCO_MAX_SIZE,
+    COCO_TEST_SHORT_SIZE,
+    COCO_TRAIN_SHORT_SIZES,
+)
 from boxinst.platform.objective import LossConfig
 
 #: Where the shipped specs live (the repo's experiments/ folder).
@@ -43,6 +48,15 @@ REGIME_PRESETS: dict[str, dict[str, Any]] = {
     "fully_supervised": {"masks": "all", "projection": False, "pairwise": False},
 }
 _BOX_TERMS = ("use_projection", "use_pairwise")
+
+
+def expand_regime(regime: Any) -> Any:
+    """A preset name as its mapping; anything else as it is (validation judges it)."""
+    if not isinstance(regime, str):
+        return regime
+    if regime not in REGIME_PRESETS:
+        raise ValueError(f"regime: unknown preset {regime!r}; presets: {list(REGIME_PRESETS)}")
+    return {"name": regime, **REGIME_PRESETS[regime]}
 
 
 class SpecError(ValueError):
@@ -79,9 +93,9 @@ class Data(Spec):
     synth: SynthSpec | None = None  # generate the dataset there first if it is missing
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
-    train_short_sizes: list[int] = Field(default_factory=lambda: list(range(640, 801, 32)))
-    max_size: int = 1333
-    test_short_size: int = 800
+    train_short_sizes: list[int] = Field(default_factory=lambda: list(COCO_TRAIN_SHORT_SIZES))
+    max_size: int = COCO_MAX_SIZE
+    test_short_size: int = COCO_TEST_SHORT_SIZE
     flip_prob: float = Field(0.5, ge=0, le=1)
     loader_workers: int = Field(2, ge=0)
 
@@ -147,13 +161,8 @@ class TrainSpec(Spec):
     @model_validator(mode="before")
     @classmethod
     def _expand_regime(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("regime"), str):
-            name = data["regime"]
-            if name not in REGIME_PRESETS:
-                raise ValueError(
-                    f"regime: unknown preset {name!r}; presets: {list(REGIME_PRESETS)}"
-                )
-            data = {**data, "regime": {"name": name, **REGIME_PRESETS[name]}}
+        if isinstance(data, dict) and "regime" in data:
+            data = {**data, "regime": expand_regime(data["regime"])}
         if isinstance(data, dict) and isinstance(data.get("loss"), dict):
             terms = [key for key in _BOX_TERMS if key in data["loss"]]
             if terms:
@@ -221,8 +230,11 @@ def set_key(data: dict, dotted: str, value: Any) -> dict:
     node = data
     for key in parents:
         child = node.get(key)
-        if isinstance(child, str) and key == "regime":
-            child = {"name": child, **REGIME_PRESETS.get(child, {})}
+        if node is data and key == "regime":  # a preset's fields can be overridden one by one
+            try:
+                child = expand_regime(child)
+            except ValueError as error:
+                raise SpecError(f"--set {dotted}: {error}") from None
         node[key] = child if isinstance(child, dict) else {}
         node = node[key]
     node[leaf] = value

@@ -180,3 +180,18 @@ def test_backbone_weights_download_failure_says_how_to_provide_them(tmp_path, mo
         build_backbone(50, weights="IMAGENET1K_V2")
     message = str(error.value)
     assert "resnet50-" in message and "pass its path" in message and str(tmp_path) in message
+
+
+def test_threshold_with_centerness_filters_on_the_product(make_config):
+    """Untrained: class scores sit at the prior 0.01 and centerness near 0.5, so a threshold
+    of 0.008 keeps detections on the class score alone and none on the product."""
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 64, 64) * 255
+    counts = []
+    for with_centerness in (False, True):
+        model = CondInst(
+            make_config(score_threshold=0.008, threshold_with_centerness=with_centerness)
+        )
+        (result,) = model.predict(images, image_sizes=[(64, 64)])
+        counts.append(len(result["scores"]))
+    assert counts[0] > 0 and counts[1] == 0

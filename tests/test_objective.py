@@ -63,7 +63,7 @@ def test_masks_of_box_only_instances_never_reach_the_loss(batch, make_config):
     poisoned = []
     for t in semi:
         t = dict(t)
-        masks = t["masks"].clone()
+        masks = t["masks"].float()  # a copy that can hold the poison
         masks[~t["has_mask"]] = float("nan")
         t["masks"] = masks
         poisoned.append(t)

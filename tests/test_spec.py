@@ -55,6 +55,13 @@ def test_extends_merges_recursively_and_overrides_come_last(tmp_path):
     assert spec.regime.name == "projection_only" and not spec.loss_config().use_pairwise
 
 
+def test_a_preset_field_can_be_overridden(tmp_path):
+    spec = load_spec(write(tmp_path, "p.yaml", BASE), ["regime.pairwise=false", "regime.name=mine"])
+    assert spec.regime.masks == "none" and spec.regime.projection and not spec.regime.pairwise
+    with pytest.raises(SpecError, match=r"--set regime\.pairwise: regime: unknown preset"):
+        load_spec(write(tmp_path, "q.yaml", {**BASE, "regime": "boxy"}), ["regime.pairwise=false"])
+
+
 def test_semi_supervised_regime_as_a_mapping(tmp_path):
     regime = {"name": "semi_voc20", "masks": {"classes": ["voc20"]}, "pairwise": False}
     spec = load_spec(write(tmp_path, "s.yaml", {**BASE, "regime": regime}))
