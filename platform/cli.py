@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+
+import ray
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader
 
 from boxinst.platform import evaluation, quick_train
 from boxinst.platform.data import check, synth, voc
+from boxinst.platform.data.collate import collate_instances
+from boxinst.platform.inference import load_trained, predict_files
+from boxinst.platform.jobs import submit
+from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
+from boxinst.platform.runs import SPEC_ARTIFACT, train_tracked
+from boxinst.platform.spec import SpecError, load_spec
+from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table
+from boxinst.platform.tracking import Tracker, default_tracking_uri
+from boxinst.platform.training import (
+    build_val_dataset,
+    evaluate_model,
+    prepare_data,
+    write_evaluation,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -106,6 +128,155 @@ def _data_convert_voc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracker(args: argparse.Namespace, experiment: str):
+    """The MLflow experiment of a command, reached before any Ray resources are asked for."""
+    return Tracker(args.experiment or experiment, args.tracking_uri)
+
+
+def _start_ray(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False)
+
+
+def _closing_lines(tracker, what: str) -> str:
+    ui = "boxinst ui" if tracker.tracking_uri.startswith("sqlite") else tracker.tracking_uri
+    return (
+        f"\nMLflow: experiment {tracker.experiment!r} in {tracker.tracking_uri}\n"
+        f"  open the MLflow UI:  {ui}\n"
+        f"  compare the runs:    boxinst compare {what}"
+    )
+
+
+def _train_spec(spec, args: argparse.Namespace, tracker) -> int:
+    prepare_data(spec)
+    _start_ray(args.address)
+    ray_run = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"training {spec.name} ({spec.regime.name}) as run {ray_run} under {args.storage}")
+    run_id, metrics = train_tracked(spec, args.storage, tracker, ray_run, spec.regime.name)
+    print(evaluation.format_table({k: v for k, v in metrics.items() if "/AP" in k}))
+    print(_closing_lines(tracker, f"--runs {run_id}"))
+    return 0
+
+
+def _sweep_spec(spec, args: argparse.Namespace, tracker) -> int:
+    prepare_data(spec)
+    _start_ray(args.address)
+    resume = args.resume
+    if resume == LATEST:
+        resume = latest_sweep(args.storage, spec.name)
+    parent, results = run_sweep(spec, args.storage, tracker, resume)
+    print(f"\n{summary_table(spec, results)}")
+    print(_closing_lines(tracker, tracker.client.get_run(parent).info.run_name))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train one spec on Ray Train, tracked in MLflow."""
+    spec = load_spec(args.spec, args.set)
+    return _train_spec(spec, args, _tracker(args, spec.name))
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Run a spec's sweep on Ray Tune, tracked in MLflow."""
+    spec = load_spec(args.spec, args.set)
+    return _sweep_spec(spec, args, _tracker(args, spec.name))
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    """Run a logged run or sweep again from its logged spec, with overrides."""
+    client = MlflowClient(args.tracking_uri or default_tracking_uri())
+    try:
+        run = client.get_run(args.run_id)
+        with tempfile.TemporaryDirectory() as folder:
+            spec = load_spec(
+                client.download_artifacts(args.run_id, SPEC_ARTIFACT, folder), args.set
+            )
+    except MlflowException as error:
+        raise SpecError(
+            f"run {args.run_id}: cannot read its logged spec ({error.message})"
+        ) from None
+    experiment = client.get_experiment(run.info.experiment_id).name
+    tracker = Tracker(args.experiment or experiment, args.tracking_uri)
+    print(f"rerunning {run.info.run_name} ({args.run_id}) of experiment {experiment!r}")
+    if run.data.tags.get(TAG_KIND) == KIND_SWEEP:
+        return _sweep_spec(spec, args, tracker)
+    return _train_spec(spec, args, tracker)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """COCO AP of a checkpoint on its spec's validation set (or another, with --set)."""
+    model, spec = load_trained(args.checkpoint, args.set)
+    dataset = build_val_dataset(spec)
+    print(f"evaluating {args.checkpoint} on {len(dataset)} images of {spec.data.val.annotations}")
+    loader = DataLoader(dataset, batch_size=2, collate_fn=collate_instances)
+    metrics, results = evaluate_model(spec, model, loader)
+    print(evaluation.format_table(metrics))
+    if args.out:
+        write_evaluation(Path(args.out), metrics, results, dataset, spec.evaluation.overlays)
+        print(f"\nmetrics, predictions and overlays written under {args.out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Predictions of a checkpoint on image files: COCO JSON and overlays."""
+    model, spec = load_trained(args.checkpoint, args.set)
+    out = Path(args.out)
+    results = predict_files(model, spec, [Path(p) for p in args.images], out, args.min_score)
+    print(f"{len(results)} detections on {len(args.images)} image(s)")
+    print(f"written: {out / 'predictions.json'} and one overlay PNG per image in {out}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    """Submit a train or sweep of a spec to a Ray cluster through the Ray Jobs API."""
+    job_id = submit(args.spec, args.set, args.address, args.storage, args.experiment)
+    print(f"submitted job {job_id} to {args.address}")
+    print(f"  follow it:  ray job logs --address {args.address} --follow {job_id}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """The MLflow UI of the local store, on 127.0.0.1 unless told otherwise."""
+    uri = args.tracking_uri or default_tracking_uri()
+    if not uri.startswith("sqlite") and "://" in uri:
+        print(f"runs are tracked by the server {uri}: open it in a browser")
+        return 0
+    print(f"MLflow UI of {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    return subprocess.call([*command, "--host", args.host, "--port", str(args.port)])
+
+
+#: ``--resume`` without a name: the latest sweep of the spec.
+LATEST = "latest"
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the spec (value read as YAML), e.g. --set solver.base_lr=0.02",
+    )
+    _add_placement_options(parser)
+
+
+def _add_placement_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default="runs",
+        help="checkpoints and Ray results: a folder or a URI such as s3://bucket/path (runs)",
+    )
+    parser.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+    parser.add_argument(
+        "--address", help="an existing Ray cluster (e.g. auto, or ray://HEAD:10001); default: local"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxinst", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,12 +342,80 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--out", help="write the metrics as JSON, keyed by metric name")
     evaluate.set_defaults(handler=_evaluate)
+
+    train = commands.add_parser("train", help="train one spec on Ray Train, tracked in MLflow")
+    train.add_argument("spec", help="a spec file, or the name of a shipped spec (quickstart, ...)")
+    _add_run_options(train)
+    train.add_argument("--name", help="the run's name under the storage; an existing one resumes")
+    train.set_defaults(handler=_train)
+
+    sweep = commands.add_parser("sweep", help="run a spec's sweep on Ray Tune, tracked in MLflow")
+    sweep.add_argument("spec", help="a spec file, or the name of a shipped spec (quickstart, ...)")
+    _add_run_options(sweep)
+    sweep.add_argument(
+        "--resume",
+        nargs="?",
+        const=LATEST,
+        metavar="SWEEP",
+        help="continue an interrupted sweep (default: the spec's latest) instead of a new one",
+    )
+    sweep.set_defaults(handler=_sweep)
+
+    rerun = commands.add_parser(
+        "rerun", help="run a logged run or sweep again from its logged spec, with overrides"
+    )
+    rerun.add_argument("run_id", help="the MLflow run id of a run or of a sweep's parent run")
+    _add_run_options(rerun)
+    rerun.set_defaults(handler=_rerun, name=None, resume=None)
+
+    submit = commands.add_parser(
+        "submit", help="submit a spec's training or sweep to a Ray cluster (Ray Jobs API)"
+    )
+    submit.add_argument("spec", help="a spec file, or the name of a shipped spec")
+    submit.add_argument(
+        "--address", required=True, help="the cluster's Ray Jobs address, e.g. http://HEAD:8265"
+    )
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--storage", default="runs", help="storage on the cluster (runs)")
+    submit.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
+    submit.set_defaults(handler=_submit)
+
+    eval_cmd = commands.add_parser(
+        "eval", help="COCO mask and box AP of a checkpoint on its validation set"
+    )
+    eval_cmd.add_argument("checkpoint", help="a checkpoint.pt, or the folder holding it")
+    eval_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    eval_cmd.add_argument("--out", help="write metrics, predictions and overlays under this folder")
+    eval_cmd.set_defaults(handler=_eval)
+
+    predict = commands.add_parser(
+        "predict", help="masks of a checkpoint on image files: COCO JSON and overlays"
+    )
+    predict.add_argument("checkpoint", help="a checkpoint.pt, or the folder holding it")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--out", default="outputs/predict", help="output folder")
+    predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    predict.add_argument(
+        "--min-score", type=float, default=0.3, help="lowest score drawn in the overlays"
+    )
+    predict.set_defaults(handler=_predict)
+
+    ui = commands.add_parser("ui", help="the MLflow UI of the local store, on 127.0.0.1")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", help="(default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    ui.set_defaults(handler=_ui)
+
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (SpecError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -65,3 +65,42 @@ TRAIN_LOSS = "train/loss"
     TRAIN_LOSS_PROJ,
     TRAIN_LOSS_PAIRWISE,
 ) = (train_loss_name(loss) for loss in LOSSES)
+
+#: Training throughput and learning rate, reported with the losses.
+IMAGES_PER_SECOND = "train/images_per_s"
+LEARNING_RATE = "train/lr"
+
+#: The paper's "box as mask" baseline (Table 3): the trial's own detections with their boxes
+#: filled as masks, scored as masks: ``box_as_mask/AP``, ``box_as_mask/AP50``, ...
+BOX_AS_MASK = "box_as_mask"
+
+
+def box_as_mask_name(stat: str) -> str:
+    """The name of one AP number of the box-as-mask baseline, e.g. ``box_as_mask/AP``."""
+    if stat not in AP_STATS:
+        raise ValueError(f"unknown stat {stat!r}; the stats are {AP_STATS}")
+    return f"{BOX_AS_MASK}/{stat}"
+
+
+# --- MLflow layout: the tags and artifact folders the platform writes and dashboards read ------
+#
+# One MLflow experiment per spec name (unless the user names another); in it, one parent run per
+# sweep (tag kind=sweep) and one nested run per trial (kind=trial, ``mlflow.parentRunId`` set).
+# Trial params are the flattened resolved spec (``regime.name``, ``loss.pairwise_tau``, ``seed``,
+# ...); metrics are the losses over iterations (step = iteration) and the AP numbers at the end.
+
+TAG_KIND = "boxinst.kind"  # KIND_SWEEP or KIND_TRIAL
+KIND_SWEEP = "sweep"
+KIND_TRIAL = "trial"
+TAG_SPEC = "boxinst.spec"  # the spec's name
+TAG_REGIME = "boxinst.regime"  # a trial's regime name
+TAG_AXES = "boxinst.axes"  # JSON object: a trial's sweep-axis values by dotted key
+TAG_SWEEP = "boxinst.sweep"  # a sweep's name: the Ray Tune experiment under the storage
+TAG_RAY_RUN = "boxinst.ray_run"  # the Ray Train run (name under the storage) a run trained in
+TAG_CHECKPOINT = "boxinst.checkpoint"  # URI of a trial's final checkpoint
+
+ARTIFACT_CONFIG = "config"  # config/spec.yaml: the resolved spec (trial) or sweep spec (parent)
+ARTIFACT_EVALUATION = "evaluation"  # evaluation/metrics.json: every final metric
+ARTIFACT_PREDICTIONS = "predictions"  # predictions/results.json: COCO results on the val split
+ARTIFACT_OVERLAYS = "overlays"  # overlays/<image id>.png: predicted masks over val images
+ARTIFACT_REPORT = "report"  # report/compare.html on a sweep's parent run (dashboards)

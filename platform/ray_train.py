@@ -1,5 +1,12 @@
 """Ray Train: a spec trained by a ``TorchTrainer``, DDP over its workers (gloo on CPU, NCCL on
-GPU), reporting losses and checkpoints to Ray Train and, at the end, the COCO metrics."""
+GPU), reporting losses, throughput, checkpoints and COCO metrics to Ray Train.
+
+Every worker reports at the same iterations (Ray Train's report is a barrier): the losses every
+``reporting.log_every`` iterations, a checkpoint every ``reporting.checkpoint_every``, the COCO
+metrics every ``evaluation.every`` (when set) and at the end. Rank 0 saves the checkpoints and
+evaluates; its final checkpoint also holds the evaluation's files (metrics, COCO results, mask
+overlays), which :class:`~boxinst.platform.mlflow_callback.MlflowCallback` logs as artifacts.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +17,13 @@ import ray.train
 import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.callback import UserCallback
 
+from boxinst.platform.mlflow_callback import FINAL, ITERATION, RESUMED_FROM
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.training import (
     CHECKPOINT_FILE,
+    TrainState,
     build_datasets,
     build_state,
     evaluate_model,
@@ -21,17 +31,36 @@ from boxinst.platform.training import (
     loaders,
     save_checkpoint,
     train_steps,
+    write_evaluation,
 )
 
 
-def _report(metrics: dict, state=None) -> None:
-    """Report from every worker (Ray Train needs all to call it); rank 0 adds the checkpoint."""
-    if state is None or ray.train.get_context().get_world_rank() != 0:
+def _is_rank0() -> bool:
+    return ray.train.get_context().get_world_rank() == 0
+
+
+def _report(
+    metrics: dict, spec: TrainSpec, state: TrainState | None = None, evaluation=None
+) -> None:
+    """Report from every worker; rank 0 adds the checkpoint (and the evaluation's files)."""
+    if state is None or not _is_rank0():
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(state, Path(folder))
+        save_checkpoint(state, spec, Path(folder))
+        if evaluation is not None:
+            write_evaluation(Path(folder), *evaluation)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+
+def next_stop(iteration: int, spec: TrainSpec) -> int:
+    """The first iteration after ``iteration`` that ends a stretch of training: a checkpoint,
+    an evaluation, or the end."""
+    stops = [spec.solver.max_iter]
+    for every in (spec.reporting.checkpoint_every, spec.evaluation.every):
+        if every:
+            stops.append((iteration // every + 1) * every)
+    return min(stops)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -46,34 +75,34 @@ def train_loop_per_worker(config: dict) -> None:
             state.load_state_dict(load_checkpoint(Path(folder) / CHECKPOINT_FILE))
     resumed_from = state.iteration
     model = ray.train.torch.prepare_model(state.model)  # DDP when there are several workers
+    log = lambda i, m: _report({**m, ITERATION: i}, spec)  # noqa: E731
 
-    every = spec.reporting
-    while state.iteration < spec.solver.max_iter:
-        until = min(
-            (state.iteration // every.checkpoint_every + 1) * every.checkpoint_every,
-            spec.solver.max_iter,
-        )
-        train_steps(
-            spec,
-            state,
-            train_loader,
-            until,
-            lambda i, m: _report({**m, "iteration": i}),
-            every.log_every,
-            model,
-        )
-        if until < spec.solver.max_iter:
-            _report({"iteration": state.iteration}, state)
+    max_iter, every = spec.solver.max_iter, spec.evaluation.every
+    while state.iteration < max_iter:
+        until = next_stop(state.iteration, spec)
+        train_steps(spec, state, train_loader, until, log, spec.reporting.log_every, model)
+        if until == max_iter:
+            break
+        metrics = {ITERATION: until}
+        if every and until % every == 0 and _is_rank0():
+            metrics.update(evaluate_model(spec, state.model, val_loader)[0])
+        checkpointed = until % spec.reporting.checkpoint_every == 0
+        _report(metrics, spec, state if checkpointed else None)
 
-    rank0 = ray.train.get_context().get_world_rank() == 0
-    metrics = evaluate_model(spec, state.model, val_loader) if rank0 else {}
-    _report({**metrics, "iteration": state.iteration, "resumed_from": resumed_from}, state)
+    metrics, results = evaluate_model(spec, state.model, val_loader) if _is_rank0() else ({}, [])
+    evaluation = (metrics, results, val_set, spec.evaluation.overlays)
+    final = {**metrics, ITERATION: state.iteration, FINAL: True, RESUMED_FROM: resumed_from}
+    _report(final, spec, state, evaluation)
 
 
 def build_trainer(
-    spec: TrainSpec, storage: str | Path, name: str, max_failures: int = 0
+    spec: TrainSpec,
+    storage: str | Path,
+    name: str,
+    callbacks: list[UserCallback] = (),
 ) -> TorchTrainer:
-    """A TorchTrainer for ``spec``; a run of the same ``name`` under ``storage`` resumes."""
+    """A TorchTrainer for ``spec``; a run of the same ``name`` under ``storage`` resumes from
+    its latest checkpoint. ``callbacks`` run on the Train controller after each report."""
     resources = spec.resources
     return TorchTrainer(
         train_loop_per_worker,
@@ -86,8 +115,15 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage).resolve()),
-            failure_config=FailureConfig(max_failures=max_failures),
+            storage_path=storage_uri(storage),
+            failure_config=FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
     )
+
+
+def storage_uri(storage: str | Path) -> str:
+    """A storage location for Ray: a URI (``s3://...``) as it is, a local folder made absolute."""
+    text = str(storage)
+    return text if "://" in text else str(Path(text).expanduser().resolve())

@@ -83,8 +83,16 @@ class Regime(Spec):
 
 
 class Split(Spec):
+    """A COCO-format split; relative paths are taken from the working directory of the command
+    that loads the spec, and kept absolute from then on (Ray workers run elsewhere)."""
+
     annotations: str
     images: str
+
+    @field_validator("annotations", "images")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        return str(Path(path).expanduser().absolute())
 
 
 class Data(Spec):
@@ -121,6 +129,7 @@ class Solver(Spec):
 class Evaluation(Spec):
     every: int = Field(0, ge=0)  # iterations between evaluations; 0: at the end only
     groups: dict[str, list[str]] = Field(default_factory=dict)  # extra class groups to score
+    overlays: int = Field(4, ge=0)  # validation images drawn with their predicted masks
 
 
 class Reporting(Spec):
@@ -132,6 +141,7 @@ class Resources(Spec):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint; -1: any
 
 
 class Sweep(Spec):

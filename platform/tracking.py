@@ -56,7 +56,9 @@ class Tracker:
     """Runs of one MLflow experiment."""
 
     def __init__(self, experiment: str, tracking_uri: str | None = None):
-        self.client = MlflowClient(tracking_uri or default_tracking_uri())
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.experiment = experiment
+        self.client = MlflowClient(self.tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             found.experiment_id if found else self.client.create_experiment(experiment)
@@ -95,19 +97,43 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
 
-    @contextmanager
-    def run(
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def find(self, tag: str, value: str) -> str | None:
+        """The id of this experiment's run tagged ``tag=value``, if there is one."""
+        escaped = value.replace("'", "\\'")
+        runs = self.client.search_runs(
+            [self.experiment_id], f"tags.`{tag}` = '{escaped}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def resume_or_start(
         self,
+        key: tuple[str, str],
         name: str,
         params: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
-    ) -> Iterator[str]:
-        """A run that ends FINISHED, or FAILED / KILLED with the error re-raised."""
-        run_id = self.start(name, params, parent_run_id, tags)
+    ) -> str:
+        """The run tagged ``key`` (a tag and its value), RUNNING again, or a new one so tagged:
+        a restored sweep or a restarted trial goes on logging into its run, not a second one."""
+        found = self.find(*key)
+        if found is not None:
+            self.client.update_run(found, status=RunStatus.to_string(RunStatus.RUNNING))
+            return found
+        return self.start(name, params, parent_run_id, {**(tags or {}), key[0]: key[1]})
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def ending(self, run_id: str) -> Iterator[str]:
+        """Ends ``run_id`` FINISHED when the block completes, FAILED on an error and KILLED on
+        an interruption (the error is re-raised): a run is never left RUNNING by a failure."""
         try:
             yield run_id
         except KeyboardInterrupt:
@@ -117,3 +143,26 @@ class Tracker:
             self.finish(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         self.finish(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def end_unfinished_children(self, parent_run_id: str, status: str = "KILLED") -> list[str]:
+        """Ends the nested runs of ``parent_run_id`` still RUNNING (their process was killed
+        before it could end them) with ``status``; returns their ids."""
+        children = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in children:
+            self.finish(run.info.run_id, status)
+        return [run.info.run_id for run in children]
+
+    @contextmanager
+    def run(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[str]:
+        """A new run that ends as :meth:`ending` says."""
+        with self.ending(self.start(name, params, parent_run_id, tags)) as run_id:
+            yield run_id

@@ -10,7 +10,9 @@ leaves the previous one whole, and it loads with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,27 @@ from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.policy import ClassMasks, parse_mask_policy
 from boxinst.platform.data.synth import synthesize
 from boxinst.platform.data.transforms import eval_transform, train_transform
-from boxinst.platform.evaluation import evaluate, predictions_to_coco_results
-from boxinst.platform.metrics import TRAIN_LOSS, train_loss_name
+from boxinst.platform.evaluation import (
+    box_as_mask,
+    evaluate,
+    predictions_to_coco_results,
+    save_results,
+)
+from boxinst.platform.metrics import (
+    AP_STATS,
+    ARTIFACT_EVALUATION,
+    ARTIFACT_OVERLAYS,
+    ARTIFACT_PREDICTIONS,
+    IMAGES_PER_SECOND,
+    LEARNING_RATE,
+    SEGM,
+    TRAIN_LOSS,
+    box_as_mask_name,
+    metric_name,
+    train_loss_name,
+)
 from boxinst.platform.objective import compute_losses
+from boxinst.platform.overlays import write_overlays
 from boxinst.platform.solver import build_optimizer, build_scheduler
 from boxinst.platform.spec import TrainSpec
 
@@ -52,7 +72,13 @@ def build_datasets(spec: TrainSpec) -> tuple[CocoInstanceDataset, CocoInstanceDa
         ignore_bottom=data.ignore_bottom,
         skip_bad_records=data.skip_bad_records,
     )
-    val = CocoInstanceDataset(
+    return train, build_val_dataset(spec)
+
+
+def build_val_dataset(spec: TrainSpec) -> CocoInstanceDataset:
+    """The evaluation set: every image, every mask, the test-time resize."""
+    data = spec.data
+    return CocoInstanceDataset(
         data.val.annotations,
         data.val.images,
         train=False,
@@ -60,7 +86,6 @@ def build_datasets(spec: TrainSpec) -> tuple[CocoInstanceDataset, CocoInstanceDa
         transform=eval_transform(data.test_short_size, data.max_size),
         skip_bad_records=data.skip_bad_records,
     )
-    return train, val
 
 
 def evaluation_groups(spec: TrainSpec, category_names: tuple[str, ...]) -> dict[str, list[str]]:
@@ -105,13 +130,15 @@ class TrainState:
         self.iteration = state["iteration"]
 
 
-def save_checkpoint(state: TrainState, folder: Path) -> Path:
-    """Write ``folder/checkpoint.pt`` atomically (temporary file, fsync, rename)."""
+def save_checkpoint(state: TrainState, spec: TrainSpec, folder: Path) -> Path:
+    """Write ``folder/checkpoint.pt`` atomically (temporary file, fsync, rename): the training
+    state and the resolved spec it trains (so ``boxinst eval`` and ``predict`` can rebuild the
+    model from the file alone)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
     partial = folder / f".{CHECKPOINT_FILE}.partial"
     with partial.open("wb") as file:
-        torch.save(state.state_dict(), file)
+        torch.save({**state.state_dict(), "spec": spec.as_dict()}, file)
         file.flush()
         os.fsync(file.fileno())
     partial.replace(path)
@@ -204,12 +231,16 @@ def train_steps(
     model: torch.nn.Module | None = None,
 ) -> None:
     """Optimise from ``state.iteration`` up to ``until`` (exclusive); every ``log_every``
-    iterations ``on_log(iteration, losses)``. ``model`` is ``state.model`` or its DDP wrapper."""
+    iterations ``on_log(iteration, metrics)`` with the losses of that iteration, the learning
+    rate and the throughput since the last log (images/s over all workers). ``model`` is
+    ``state.model`` or its DDP wrapper."""
     device = next(state.model.parameters()).device
     loss_cfg = spec.loss_config()
     model = model or state.model
     model.train()
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     stream = batches(loader, state.iteration)
+    since, images_seen = time.perf_counter(), 0
     while state.iteration < until:
         images, targets = next(stream)
         images = images.to(device)
@@ -228,12 +259,17 @@ def train_steps(
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.solver.clip_grad_norm)
         state.scaler.step(state.optimizer)
         state.scaler.update()
+        learning_rate = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         state.iteration += 1
+        images_seen += len(images) * world
         if on_log is not None and (state.iteration % log_every == 0 or state.iteration == until):
             metrics = {train_loss_name(k): v.item() for k, v in losses.items()}
             metrics[TRAIN_LOSS] = total.item()
+            metrics[LEARNING_RATE] = learning_rate
+            metrics[IMAGES_PER_SECOND] = images_seen / (time.perf_counter() - since)
             on_log(state.iteration, metrics)
+            since, images_seen = time.perf_counter(), 0
 
 
 @torch.no_grad()
@@ -254,11 +290,33 @@ def predict_dataset(model: CondInst, loader: DataLoader) -> list[dict]:
     return results
 
 
-def evaluate_model(spec: TrainSpec, model: CondInst, loader: DataLoader) -> dict[str, float]:
-    """Mask and box AP on the evaluation set, overall and per class group."""
+def evaluate_model(
+    spec: TrainSpec, model: CondInst, loader: DataLoader
+) -> tuple[dict[str, float], list[dict]]:
+    """Mask and box AP on the evaluation set, overall and per class group, and the box-as-mask
+    baseline of the same detections (the paper's Table 3); with the COCO results scored."""
     dataset: CocoInstanceDataset = loader.dataset
     results = predict_dataset(model, loader)
-    return evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
+    metrics = evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
+    baseline = evaluate(dataset.coco, box_as_mask(results, dataset.coco))
+    metrics.update({box_as_mask_name(stat): baseline[metric_name(SEGM, stat)] for stat in AP_STATS})
+    return metrics, results
+
+
+def write_evaluation(
+    folder: Path,
+    metrics: dict[str, float],
+    results: list[dict],
+    dataset: CocoInstanceDataset,
+    overlays: int,
+) -> None:
+    """The evaluation's files under ``folder``: ``evaluation/metrics.json``,
+    ``predictions/results.json`` (COCO results) and ``overlays/<image id>.png`` for the first
+    ``overlays`` images (the folders are the MLflow artifact paths)."""
+    (folder / ARTIFACT_EVALUATION).mkdir(parents=True, exist_ok=True)
+    (folder / ARTIFACT_EVALUATION / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    save_results(folder / ARTIFACT_PREDICTIONS / "results.json", results)
+    write_overlays(dataset, results, overlays, folder / ARTIFACT_OVERLAYS)
 
 
 def loaders(spec: TrainSpec, train_set, val_set) -> tuple[DataLoader, DataLoader]:

@@ -59,41 +59,46 @@ def mlflow_server(tmp_path_factory):
     log.close()
 
 
+def write_tiny_spec(folder: Path) -> Path:
+    """``folder/tiny.yaml``: a seconds-long run on generated shapes kept under ``folder``."""
+    root = folder / "shapes"
+    split = lambda name: {  # noqa: E731
+        "annotations": f"{root}/{name}/annotations.json",
+        "images": f"{root}/{name}/images",
+    }
+    data = {
+        "name": "tiny",
+        "regime": "box_only",
+        "data": {
+            "train": split("train"),
+            "val": split("val"),
+            "synth": {
+                "seed": 2,
+                "train_images": 8,
+                "val_images": 2,
+                "min_size": 64,
+                "max_size": 80,
+            },
+            "train_short_sizes": [64, 72],
+            "max_size": 96,
+            "test_short_size": 64,
+            "loader_workers": 0,
+        },
+        "model": small_model_config(num_classes=7, head_convs=1, mask_branch_convs=1).__dict__,
+        "solver": {"ims_per_batch": 2, "max_iter": 6, "steps": [4], "warmup_iters": 2},
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data))))
+    return path
+
+
 @pytest.fixture
 def tiny_spec(tmp_path):
     """Load a spec of a seconds-long run on generated shapes, with ``--set`` style overrides;
     its dataset is generated under ``tmp_path``."""
 
     def load(*overrides: str):
-        root = tmp_path / "shapes"
-        split = lambda name: {  # noqa: E731
-            "annotations": f"{root}/{name}/annotations.json",
-            "images": f"{root}/{name}/images",
-        }
-        data = {
-            "name": "tiny",
-            "regime": "box_only",
-            "data": {
-                "train": split("train"),
-                "val": split("val"),
-                "synth": {
-                    "seed": 2,
-                    "train_images": 8,
-                    "val_images": 2,
-                    "min_size": 64,
-                    "max_size": 80,
-                },
-                "train_short_sizes": [64, 72],
-                "max_size": 96,
-                "test_short_size": 64,
-                "loader_workers": 0,
-            },
-            "model": small_model_config(num_classes=7, head_convs=1, mask_branch_convs=1).__dict__,
-            "solver": {"ims_per_batch": 2, "max_iter": 6, "steps": [4], "warmup_iters": 2},
-        }
-        path = tmp_path / "tiny.yaml"
-        path.write_text(yaml.safe_dump(json.loads(json.dumps(data))))
-        spec = load_spec(path, list(overrides))
+        spec = load_spec(write_tiny_spec(tmp_path), list(overrides))
         prepare_data(spec)
         return spec
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from boxinst.platform.metrics import IMAGES_PER_SECOND, LEARNING_RATE
 from boxinst.platform.training import (
     build_datasets,
     build_state,
@@ -59,12 +60,13 @@ def test_resumed_run_equals_uninterrupted_run(spec, tmp_path):
     schedule, optimiser, RNG) differs by tens of percent."""
     straight, straight_log = run(spec)
     first, _ = run(spec, until=3)  # interrupted after 3 of 6 iterations
-    path = save_checkpoint(first, tmp_path / "ckpt")
+    path = save_checkpoint(first, spec, tmp_path / "ckpt")
     resumed, resumed_log = run(spec, start_state=load_checkpoint(path))
     assert resumed.iteration == straight.iteration == 6
     assert [i for i, _ in resumed_log] == [4, 5, 6]
     for (i, a), (j, b) in zip(straight_log[3:], resumed_log, strict=True):
-        assert i == j and a == b
+        assert a.pop(IMAGES_PER_SECOND) > 0 and b.pop(IMAGES_PER_SECOND) > 0  # a clock's
+        assert i == j and a == b and LEARNING_RATE in a
     for name, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
 
@@ -72,10 +74,11 @@ def test_resumed_run_equals_uninterrupted_run(spec, tmp_path):
 def test_checkpoint_is_atomic_and_safe_to_load(spec, tmp_path):
     state, _ = run(spec, until=1)
     folder = tmp_path / "ckpt"
-    save_checkpoint(state, folder)
+    save_checkpoint(state, spec, folder)
     assert [p.name for p in folder.iterdir()] == ["checkpoint.pt"]  # no partial file left
     loaded = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert loaded["iteration"] == 1 and set(loaded) >= {"model", "optimizer", "scheduler", "scaler"}
+    assert type(spec).model_validate(loaded["spec"]) == spec
 
 
 def test_evaluation_reports_all_and_unseen_classes(spec):
@@ -89,6 +92,7 @@ def test_evaluation_reports_all_and_unseen_classes(spec):
         "bar",
         "rounded_polygon",
     }
-    metrics = evaluate_model(spec, state.model, val_loader)
-    for key in ("segm/AP", "bbox/AP", "segm_unseen/AP", "bbox_unseen/AP"):
+    metrics, results = evaluate_model(spec, state.model, val_loader)
+    assert all(r["image_id"] in val_set.image_ids for r in results)
+    for key in ("segm/AP", "bbox/AP", "segm_unseen/AP", "bbox_unseen/AP", "box_as_mask/AP"):
         assert key in metrics and (math.isnan(metrics[key]) or 0 <= metrics[key] <= 100)

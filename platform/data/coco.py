@@ -215,6 +215,10 @@ class CocoInstanceDataset(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def original_image(self, index: int) -> np.ndarray:
+        """The image file of sample ``index``, untransformed: ``[H, W, 3]`` uint8 RGB."""
+        return self._read_image(self._records[index])
+
     def _read_image(self, record: _ImageRecord) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB, EXIF orientation applied, checked against the record's size."""
         path = self.image_dir / record.file_name

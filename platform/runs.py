@@ -1,0 +1,59 @@
+"""A tracked training run: one MLflow run around one Ray Train run of a spec.
+
+The MLflow run is found again by the name of its Ray Train run, so a run started again under
+the same name (a restored sweep, a rerun after a crash) resumes both: training from its last
+checkpoint, tracking in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+from ray.train.v2.api.callback import UserCallback
+
+from boxinst.platform.metrics import (
+    ARTIFACT_CONFIG,
+    KIND_TRIAL,
+    TAG_KIND,
+    TAG_RAY_RUN,
+    TAG_REGIME,
+    TAG_SPEC,
+)
+from boxinst.platform.mlflow_callback import MlflowCallback
+from boxinst.platform.ray_train import build_trainer
+from boxinst.platform.spec import TrainSpec
+from boxinst.platform.tracking import Tracker
+
+SPEC_ARTIFACT = f"{ARTIFACT_CONFIG}/spec.yaml"
+
+
+def spec_yaml(data: Mapping) -> str:
+    return yaml.safe_dump(dict(data), sort_keys=False)
+
+
+def train_tracked(
+    spec: TrainSpec,
+    storage: str | Path,
+    tracker: Tracker,
+    ray_run: str,
+    run_name: str,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    callbacks: Sequence[UserCallback] = (),
+) -> tuple[str, dict]:
+    """Train ``spec`` as the Ray Train run ``ray_run`` under ``storage``, tracked in the MLflow
+    run of that name (created, or resumed); returns the MLflow run id and the final metrics.
+
+    The MLflow run ends FINISHED, or FAILED / KILLED when training fails or is interrupted."""
+    all_tags = {TAG_KIND: KIND_TRIAL, TAG_SPEC: spec.name, TAG_REGIME: spec.regime.name}
+    all_tags.update(tags or {})
+    run_id = tracker.resume_or_start(
+        (TAG_RAY_RUN, ray_run), run_name, spec.as_dict(), parent_run_id, all_tags
+    )
+    with tracker.ending(run_id):
+        tracker.log_text(run_id, spec_yaml(spec.as_dict()), SPEC_ARTIFACT)
+        logger = MlflowCallback(tracker.experiment, tracker.tracking_uri, run_id)
+        result = build_trainer(spec, storage, ray_run, [logger, *callbacks]).fit()
+    return run_id, result.metrics

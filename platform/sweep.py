@@ -1,0 +1,216 @@
+"""Sweeps on Ray Tune: a spec's axes as a grid, each trial one tracked Ray Train run.
+
+``sweep.axes`` (dotted key -> values) becomes Tune's search space, one ``grid_search`` per
+axis (their Cartesian product, ``num_samples`` times). A trial is a Tune function that sets its
+axis values on the base spec and trains it with a ``TorchTrainer`` (the pattern of Ray Train
+V2: the Tune trial is the Train driver), reporting to Tune through ``TuneReportCallback`` and
+to MLflow through a nested run under the sweep's parent run.
+
+A sweep is named ``<spec name>-<date>-<time>`` under the storage folder; ``resume`` restores an
+interrupted one with ``Tuner.restore``: finished trials are kept, unfinished and errored ones
+go on from their last checkpoint, into the same MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas
+import ray
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from boxinst.platform.metrics import (
+    BBOX_AP,
+    KIND_SWEEP,
+    SEGM,
+    SEGM_AP,
+    SEGM_AP50,
+    SEGM_AP75,
+    TAG_AXES,
+    TAG_KIND,
+    TAG_SPEC,
+    TAG_SWEEP,
+    box_as_mask_name,
+    metric_name,
+)
+from boxinst.platform.mlflow_callback import ITERATION
+from boxinst.platform.ray_train import storage_uri
+from boxinst.platform.runs import SPEC_ARTIFACT, spec_yaml, train_tracked
+from boxinst.platform.spec import SpecError, TrainSpec, set_key, validate
+from boxinst.platform.tracking import Tracker
+
+#: A trial only drives its Train run (the workers train): it takes no CPU from them, and
+#: reserves the memory its process needs (Ray cannot schedule an actor that asks for nothing).
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 512 * 1024**2}
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares (passed to the trials by ``tune.with_parameters``)."""
+
+    name: str
+    storage: str
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    base: dict  # the resolved spec, without its sweep section
+
+
+def spec_base(spec: TrainSpec) -> dict:
+    """The resolved spec without its sweep section: what every trial starts from."""
+    base = spec.as_dict()
+    base.pop("sweep")
+    return base
+
+
+def trial_spec(base: dict, axes: dict[str, Any], sweep: str = "sweep") -> TrainSpec:
+    """The base spec with a trial's axis values set."""
+    data = base
+    for key, value in axes.items():
+        data = set_key(data, key, value)
+    return validate(data, f"{sweep} (trial {json.dumps(axes)})")
+
+
+def trial_name(spec: TrainSpec, axes: dict[str, Any]) -> str:
+    """``box_only``, ``box_only seed=1``, ``box_only loss.pairwise_tau=0.2``: the regime, then
+    the other axes' values."""
+    others = [f"{key}={value}" for key, value in axes.items() if key != "regime"]
+    return " ".join([spec.regime.name, *others])
+
+
+def run_trial(config: dict, context: SweepContext) -> None:
+    """One trial (a Tune function): its spec trained and tracked as a nested MLflow run."""
+    axes = config["axes"]
+    spec = trial_spec(context.base, axes, context.name)
+    trial_id = ray.tune.get_context().get_trial_id()
+    train_tracked(
+        spec,
+        context.storage,
+        Tracker(context.experiment, context.tracking_uri),
+        ray_run=f"{context.name}-{trial_id}",
+        run_name=trial_name(spec, axes),
+        parent_run_id=context.parent_run_id,
+        tags={TAG_AXES: json.dumps(axes)},
+        callbacks=[TuneReportCallback()],
+    )
+
+
+def search_space(spec: TrainSpec) -> dict:
+    return {"axes": {key: ray.tune.grid_search(values) for key, values in spec.sweep.axes.items()}}
+
+
+def trials_at_once(spec: TrainSpec) -> int:
+    """The sweep's ``max_concurrent``, else as many trials as the cluster's CPUs (GPUs when the
+    spec uses them) can train at once."""
+    if spec.sweep.max_concurrent:
+        return spec.sweep.max_concurrent
+    resources = spec.resources
+    if resources.use_gpu:
+        per_trial, available = resources.num_workers, ray.cluster_resources().get("GPU", 0)
+    else:
+        per_trial = resources.num_workers * resources.cpus_per_worker
+        available = ray.cluster_resources().get("CPU", 0)
+    return max(1, math.floor(available / per_trial))
+
+
+def _tune_config(spec: TrainSpec) -> ray.tune.TuneConfig:
+    sweep = spec.sweep
+    scheduler = None
+    if sweep.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=ITERATION,
+            metric=sweep.metric,
+            mode=sweep.mode,
+            max_t=spec.solver.max_iter,
+            grace_period=spec.evaluation.every,
+        )
+    return ray.tune.TuneConfig(
+        num_samples=sweep.num_samples,
+        max_concurrent_trials=trials_at_once(spec),
+        scheduler=scheduler,
+    )
+
+
+def latest_sweep(storage: str | Path, spec_name: str) -> str:
+    """The name of the most recent sweep of ``spec_name`` under a local ``storage`` folder."""
+    sweeps = sorted(Path(storage_uri(storage)).glob(f"{spec_name}-*-*/tuner.pkl"))
+    if not sweeps:
+        raise SpecError(f"no sweep of {spec_name} to resume under {storage}")
+    return sweeps[-1].parent.name
+
+
+def run_sweep(
+    spec: TrainSpec, storage: str | Path, tracker: Tracker, resume: str | None = None
+) -> tuple[str, ray.tune.ResultGrid]:
+    """Run (or, with ``resume`` = a sweep's name, continue) the sweep of ``spec``; returns the
+    MLflow id of its parent run and Tune's results."""
+    if spec.sweep is None or not spec.sweep.axes:
+        raise SpecError(f"{spec.name}: a sweep needs sweep.axes; `boxinst train` runs one spec")
+    name = resume or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = tracker.resume_or_start(
+        (TAG_SWEEP, name), name, spec.as_dict(), tags={TAG_KIND: KIND_SWEEP, TAG_SPEC: spec.name}
+    )
+    with tracker.ending(parent):
+        tracker.log_text(parent, spec_yaml(spec.as_dict()), SPEC_ARTIFACT)
+        context = SweepContext(
+            name,
+            storage_uri(storage),
+            tracker.experiment,
+            tracker.tracking_uri,
+            parent,
+            spec_base(spec),
+        )
+        trainable = ray.tune.with_resources(
+            ray.tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES
+        )
+        if resume:
+            path = f"{context.storage}/{name}"
+            tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True)
+        else:
+            tuner = ray.tune.Tuner(
+                trainable,
+                param_space=search_space(spec),
+                tune_config=_tune_config(spec),
+                run_config=ray.tune.RunConfig(name=name, storage_path=context.storage),
+            )
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:
+            tracker.end_unfinished_children(parent, "KILLED")
+            raise
+        # A trial whose process died could not end its run itself.
+        tracker.end_unfinished_children(parent, "FAILED")
+    return parent, results
+
+
+#: The columns of a sweep's summary: mask AP, the box-as-mask baseline of the same detections,
+#: box AP, and the mask AP of the classes without masks (semi-supervised regimes).
+SUMMARY_COLUMNS = {
+    SEGM_AP: "mask AP",
+    SEGM_AP50: "AP50",
+    SEGM_AP75: "AP75",
+    box_as_mask_name("AP"): "box-as-mask AP",
+    BBOX_AP: "box AP",
+    metric_name(SEGM, "AP", "unseen"): "unseen mask AP",
+}
+
+
+def summary_table(spec: TrainSpec, results: ray.tune.ResultGrid) -> str:
+    """One line per trial: its name, status and AP numbers (blank where it has none)."""
+    rows = []
+    for result in results:
+        axes = result.config["axes"]
+        row = {"trial": trial_name(trial_spec(spec_base(spec), axes), axes)}
+        row["status"] = "FAILED" if result.error else "done"
+        for key, column in SUMMARY_COLUMNS.items():
+            row[column] = result.metrics.get(key) if result.metrics else None
+        rows.append(row)
+    table = pandas.DataFrame(rows).dropna(axis="columns", how="all")
+    return table.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="")

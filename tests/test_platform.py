@@ -1,0 +1,158 @@
+"""The platform end to end, as a user drives it: `boxinst sweep`, `rerun`, `eval`, `predict` on
+a real local Ray cluster, tracked by a real MLflow server on 127.0.0.1."""
+
+import json
+
+import pytest
+import ray
+import yaml
+from conftest import write_tiny_spec
+from mlflow.tracking import MlflowClient
+
+from boxinst.platform.cli import main
+from boxinst.platform.metrics import (
+    KIND_SWEEP,
+    KIND_TRIAL,
+    TAG_AXES,
+    TAG_CHECKPOINT,
+    TAG_KIND,
+    TAG_REGIME,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+AXES = {
+    "regime": [
+        "box_only",
+        "projection_only",
+        # masks for a class the dataset does not have: fails when a worker builds the dataset
+        {"name": "broken", "masks": {"classes": ["no_such_shape"]}},
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep(local_ray, mlflow_server, tmp_path_factory):
+    """A three-trial sweep of the tiny spec run through the CLI; its runs by name."""
+    folder = tmp_path_factory.mktemp("sweep")
+    spec = write_tiny_spec(folder)
+    argv = ["sweep", str(spec), "--tracking-uri", mlflow_server, "--storage", str(folder / "runs")]
+    argv += ["--set", f"sweep={json.dumps({'axes': AXES})}"]
+    argv += ["--set", "reporting={log_every: 2, checkpoint_every: 3}"]
+    assert main(argv) == 0
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    runs = {run.info.run_name: run for run in client.search_runs([experiment])}
+    return client, runs, folder
+
+
+def test_a_sweep_logs_one_parent_run_and_a_nested_run_per_trial(sweep):
+    client, runs, _ = sweep
+    (parent,) = [run for run in runs.values() if run.data.tags[TAG_KIND] == KIND_SWEEP]
+    trials = {name: run for name, run in runs.items() if run.data.tags[TAG_KIND] == KIND_TRIAL}
+    assert set(trials) == {"box_only", "projection_only", "broken"}
+    assert parent.info.status == "FINISHED"
+    for name, run in trials.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[TAG_REGIME] == name == run.data.params["regime.name"]
+        assert json.loads(run.data.tags[TAG_AXES])["regime"] in AXES["regime"]
+    assert trials["projection_only"].data.params["regime.pairwise"] == "false"
+
+    for name in ("box_only", "projection_only"):
+        run = trials[name]
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [2, 3, 4, 6]  # every 2, and at the checkpoint
+        for key in ("train/loss_proj", "train/images_per_s", "train/lr"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 4
+        folders = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert folders == {"config", "evaluation", "predictions", "overlays"}
+        overlays = client.list_artifacts(run.info.run_id, "overlays")
+        assert len(overlays) == 2 and all(a.path.endswith(".png") for a in overlays)
+        # the final metrics are the evaluation's, box-as-mask baseline included
+        folder = client.download_artifacts(run.info.run_id, "evaluation")
+        evaluation = json.loads(open(f"{folder}/metrics.json").read())
+        for key in ("segm/AP", "segm/AP50", "bbox/AP", "box_as_mask/AP"):
+            assert key in evaluation
+            assert run.data.metrics[key] == pytest.approx(evaluation[key], nan_ok=True)
+        assert run.data.tags[TAG_CHECKPOINT].startswith(str(sweep[2] / "runs"))
+    losses = [
+        client.get_metric_history(trials[name].info.run_id, "train/loss_pairwise")[-1].value
+        for name in ("box_only", "projection_only")
+    ]
+    assert losses[0] > 0 and losses[1] == 0  # the regime decides the terms
+
+
+def test_a_failed_trial_ends_failed_and_the_sweep_goes_on(sweep, capsys):
+    _, runs, _ = sweep
+    broken = runs["broken"]
+    assert broken.info.status == "FAILED"
+    assert "train/loss" not in broken.data.metrics
+    assert runs["box_only"].info.status == "FINISHED"
+
+
+def test_rerun_reproduces_a_logged_run_with_overrides(sweep, mlflow_server, tmp_path):
+    client, runs, _ = sweep
+    original = runs["box_only"]
+    argv = ["rerun", original.info.run_id, "--tracking-uri", mlflow_server]
+    argv += ["--storage", str(tmp_path / "runs"), "--set", "solver.max_iter=4"]
+    assert main(argv) == 0
+    experiment = original.info.experiment_id
+    (rerun,) = [
+        run
+        for run in client.search_runs([experiment], "attributes.run_name = 'box_only'")
+        if run.info.run_id != original.info.run_id
+    ]
+    assert rerun.info.status == "FINISHED" and "mlflow.parentRunId" not in rerun.data.tags
+    logged = {
+        run.info.run_id: yaml.safe_load(
+            open(client.download_artifacts(run.info.run_id, "config/spec.yaml")).read()
+        )
+        for run in (original, rerun)
+    }
+    before, after = logged[original.info.run_id], logged[rerun.info.run_id]
+    assert after["solver"].pop("max_iter") == 4 and before["solver"].pop("max_iter") == 6
+    assert after == before
+    changed = {
+        key
+        for key, value in rerun.data.params.items()
+        if original.data.params.get(key) != value
+    }
+    assert changed == {"solver.max_iter"}
+
+
+def test_eval_and_predict_from_a_logged_checkpoint(sweep, tmp_path, capsys):
+    _, runs, folder = sweep
+    run = runs["box_only"]
+    checkpoint = run.data.tags[TAG_CHECKPOINT]
+    assert main(["eval", checkpoint, "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "evaluation" / "metrics.json").read_text())
+    assert metrics["segm/AP"] == pytest.approx(run.data.metrics["segm/AP"])  # same model, data
+    table = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("segm ") for line in table)
+    assert any(line.startswith("box_as_mask ") for line in table)
+
+    images = sorted((folder / "shapes" / "val" / "images").iterdir())
+    assert main(["predict", checkpoint, *map(str, images), "--out", str(tmp_path / "p")]) == 0
+    predictions = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert {p["file_name"] for p in predictions} <= set(map(str, images))
+    assert all({"bbox", "score", "segmentation", "category_id"} <= set(p) for p in predictions)
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == [
+        f"{image.stem}.png" for image in images
+    ]
+
+
+def test_commands_name_a_bad_spec_or_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(write_tiny_spec(tmp_path).read_text() + "sovler: {}\n")
+    assert main(["train", str(bad)]) == 2
+    assert f"{bad}: sovler: unknown key" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
