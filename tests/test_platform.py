@@ -121,9 +121,7 @@ def test_rerun_reproduces_a_logged_run_with_overrides(sweep, mlflow_server, tmp_
     assert after["solver"].pop("max_iter") == 4 and before["solver"].pop("max_iter") == 6
     assert after == before
     changed = {
-        key
-        for key, value in rerun.data.params.items()
-        if original.data.params.get(key) != value
+        key for key, value in rerun.data.params.items() if original.data.params.get(key) != value
     }
     assert changed == {"solver.max_iter"}
 
