@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
+from boxinst.dashboards import cli as compare_cli
 from boxinst.platform import evaluation, quick_train
 from boxinst.platform.data import check, synth, voc
 from boxinst.platform.data.collate import collate_instances
@@ -406,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", help="(default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.set_defaults(handler=_ui)
 
+    compare_cli.register(commands, default_tracking_uri)
     return parser
 
 
