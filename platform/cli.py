@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -242,9 +242,10 @@ def _ui(args: argparse.Namespace) -> int:
     if not uri.startswith("sqlite") and "://" in uri:
         print(f"runs are tracked by the server {uri}: open it in a browser")
         return 0
-    print(f"MLflow UI of {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    print(f"MLflow UI of {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    return subprocess.call([*command, "--host", args.host, "--port", str(args.port)])
+    # replaced by the server process, so that stopping this command stops the server
+    os.execv(sys.executable, [*command, "--host", args.host, "--port", str(args.port)])
 
 
 #: ``--resume`` without a name: the latest sweep of the spec.

@@ -56,8 +56,12 @@ def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
         wait_for(f"http://127.0.0.1:{port}/health", ui)
         assert listening_addresses(port) == {"127.0.0.1"}
     finally:
-        ui.terminate()
+        ui.terminate()  # the server itself: the command became it
         ui.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while listening_addresses(port):  # its workers stop with it
+        assert time.monotonic() < deadline, "the UI's workers outlived it"
+        time.sleep(0.5)
 
 
 @pytest.fixture
