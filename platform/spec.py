@@ -182,6 +182,14 @@ class TrainSpec(Spec):
                 )
         return data
 
+    @model_validator(mode="after")
+    def _asha_needs_evaluations(self) -> TrainSpec:
+        if self.sweep and self.sweep.scheduler == "asha" and not self.evaluation.every:
+            raise ValueError(
+                "sweep.scheduler: asha stops trials on their evaluations; set evaluation.every"
+            )
+        return self
+
     def as_dict(self) -> dict:
         """The resolved spec as plain JSON-able data, valid input of ``TrainSpec`` again (the
         box-term switches of the loss are left to the regime, as in a spec file)."""

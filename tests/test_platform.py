@@ -44,17 +44,17 @@ def sweep(local_ray, mlflow_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     spec = write_tiny_spec(folder)
     argv = ["sweep", str(spec), "--tracking-uri", mlflow_server, "--storage", str(folder / "runs")]
-    argv += ["--set", f"sweep={json.dumps({'axes': AXES})}"]
-    argv += ["--set", "reporting={log_every: 2, checkpoint_every: 3}"]
-    assert main(argv) == 0
+    overrides = ["--set", f"sweep={json.dumps({'axes': AXES})}"]
+    overrides += ["--set", "reporting={log_every: 2, checkpoint_every: 3}"]
+    assert main(argv + overrides) == 0
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("tiny").experiment_id
     runs = {run.info.run_name: run for run in client.search_runs([experiment])}
-    return client, runs, folder
+    return client, runs, folder, overrides
 
 
 def test_a_sweep_logs_one_parent_run_and_a_nested_run_per_trial(sweep):
-    client, runs, _ = sweep
+    client, runs, *_ = sweep
     (parent,) = [run for run in runs.values() if run.data.tags[TAG_KIND] == KIND_SWEEP]
     trials = {name: run for name, run in runs.items() if run.data.tags[TAG_KIND] == KIND_TRIAL}
     assert set(trials) == {"box_only", "projection_only", "broken"}
@@ -91,15 +91,32 @@ def test_a_sweep_logs_one_parent_run_and_a_nested_run_per_trial(sweep):
 
 
 def test_a_failed_trial_ends_failed_and_the_sweep_goes_on(sweep, capsys):
-    _, runs, _ = sweep
+    _, runs, *_ = sweep
     broken = runs["broken"]
     assert broken.info.status == "FAILED"
     assert "train/loss" not in broken.data.metrics
     assert runs["box_only"].info.status == "FINISHED"
 
 
+def test_resuming_a_finished_sweep_reruns_only_its_failed_trial(sweep, mlflow_server):
+    client, runs, folder, overrides = sweep
+    histories = {
+        name: client.get_metric_history(runs[name].info.run_id, "train/loss")
+        for name in ("box_only", "projection_only")
+    }
+    argv = ["sweep", str(folder / "tiny.yaml"), "--resume", "--tracking-uri", mlflow_server]
+    assert main([*argv, "--storage", str(folder / "runs"), *overrides]) == 0  # Tuner.restore
+    experiment = runs["box_only"].info.experiment_id
+    again = {run.info.run_name: run for run in client.search_runs([experiment])}
+    assert set(again) == set(runs)  # the same parent and trial runs, none added
+    assert again["broken"].info.status == "FAILED"  # retried, and failed again
+    for name, history in histories.items():
+        assert again[name].info.status == "FINISHED"
+        assert client.get_metric_history(runs[name].info.run_id, "train/loss") == history
+
+
 def test_rerun_reproduces_a_logged_run_with_overrides(sweep, mlflow_server, tmp_path):
-    client, runs, _ = sweep
+    client, runs, *_ = sweep
     original = runs["box_only"]
     argv = ["rerun", original.info.run_id, "--tracking-uri", mlflow_server]
     argv += ["--storage", str(tmp_path / "runs"), "--set", "solver.max_iter=4"]
@@ -127,7 +144,7 @@ def test_rerun_reproduces_a_logged_run_with_overrides(sweep, mlflow_server, tmp_
 
 
 def test_eval_and_predict_from_a_logged_checkpoint(sweep, tmp_path, capsys):
-    _, runs, folder = sweep
+    _, runs, folder, _ = sweep
     run = runs["box_only"]
     checkpoint = run.data.tags[TAG_CHECKPOINT]
     assert main(["eval", checkpoint, "--out", str(tmp_path / "eval")]) == 0

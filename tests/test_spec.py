@@ -84,6 +84,10 @@ def test_semi_supervised_regime_as_a_mapping(tmp_path):
             "sweep axis loss.tau=0.1): loss.tau: unknown key",
         ),
         (
+            {"sweep": {"axes": {"seed": [0, 1]}, "scheduler": "asha"}},
+            "asha stops trials on their evaluations; set evaluation.every",
+        ),
+        (
             {"sweep": {"axes": {"solver.max_iter": [10, 0]}}},
             "solver.max_iter=0): solver.max_iter: Input should be greater than or equal to 1",
         ),
