@@ -66,6 +66,15 @@ def unfold_neighbours(x: torch.Tensor, kernel_size: int, dilation: int) -> torch
     return torch.cat([patches[:, :, :centre], patches[:, :, centre + 1 :]], dim=2)
 
 
+def _log_same_label(
+    log_fg_i: torch.Tensor, log_bg_i: torch.Tensor, log_fg_j: torch.Tensor, log_bg_j: torch.Tensor
+) -> torch.Tensor:
+    """Eq. (4) in log space: ``log(m_i m_j + (1 - m_i)(1 - m_j))`` from the log-probabilities of
+    foreground and background of both ends, ``logsumexp(log m_i + log m_j, log(1-m_i) +
+    log(1-m_j))``, finite for any logits."""
+    return torch.logaddexp(log_fg_i + log_fg_j, log_bg_i + log_bg_j)
+
+
 def log_same_label_probability(
     mask_logits: torch.Tensor, kernel_size: int = 3, dilation: int = 2
 ) -> torch.Tensor:
@@ -73,7 +82,8 @@ def log_same_label_probability(
 
     ``P(y_e=1) = m_i m_j + (1 - m_i)(1 - m_j)`` is evaluated in log space,
     ``logsumexp(log σ(z_i) + log σ(z_j), log σ(-z_i) + log σ(-z_j))``, so it stays finite for
-    any logits. Neighbours outside the image get a value that callers must mask out.
+    any logits. Neighbours outside the image read log-probabilities 0 (zero padding), a value
+    that callers must mask out.
 
     Args:
         mask_logits: ``[N, H, W]``.
@@ -83,35 +93,107 @@ def log_same_label_probability(
     logits = mask_logits[:, None]
     log_fg = F.logsigmoid(logits)
     log_bg = F.logsigmoid(-logits)
-    same_fg = log_fg[:, :, None] + unfold_neighbours(log_fg, kernel_size, dilation)
-    same_bg = log_bg[:, :, None] + unfold_neighbours(log_bg, kernel_size, dilation)
-    return torch.logaddexp(same_fg, same_bg)[:, 0]
+    log_same = _log_same_label(
+        log_fg[:, :, None],
+        log_bg[:, :, None],
+        unfold_neighbours(log_fg, kernel_size, dilation),
+        unfold_neighbours(log_bg, kernel_size, dilation),
+    )
+    return log_same[:, 0]
 
 
-def pairwise_loss(
+def pairwise_loss_full_image(
     mask_logits: torch.Tensor,
     similarity: torch.Tensor,
+    image_index: torch.Tensor,
     box_masks: torch.Tensor,
     tau: float = 0.1,
     kernel_size: int = 3,
     dilation: int = 2,
 ) -> torch.Tensor:
-    """Pairwise affinity term, Eq. (8): mean of ``-log P(y_e = 1)`` over the confident edges.
+    """Eq. (8) as the paper and the official code compute it: every instance's edges over its
+    whole image, masked to the box afterwards. Cost and memory ∝ instances × image area × K*K.
+
+    The reference that :func:`pairwise_loss` is tested and benchmarked against; training uses
+    :func:`pairwise_loss`. Arguments and result as there.
+    """
+    log_same = log_same_label_probability(mask_logits, kernel_size, dilation)
+    weights = (similarity[image_index] >= tau).to(log_same.dtype)
+    weights = weights * box_masks[:, None].to(log_same.dtype)
+    return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def _cells_in_boxes(box_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(instance, y, x)`` of every cell of each instance's box: the bounding rectangle of the
+    non-zero cells of its box mask, listed instance by instance in row-major order. The total
+    length is the sum of the box areas (an empty mask has none)."""
+    n, h, w = box_masks.shape
+    device = box_masks.device
+    rows = box_masks.amax(dim=2) > 0  # [N, H]
+    cols = box_masks.amax(dim=1) > 0  # [N, W]
+    ys = torch.arange(h, device=device)
+    xs = torch.arange(w, device=device)
+    top = torch.where(rows, ys, h).amin(dim=1)
+    left = torch.where(cols, xs, w).amin(dim=1)
+    height = (torch.where(rows, ys, -1).amax(dim=1) - top + 1).clamp(min=0)
+    width = (torch.where(cols, xs, -1).amax(dim=1) - left + 1).clamp(min=0)
+    areas = height * width
+    instance = torch.repeat_interleave(torch.arange(n, device=device), areas)
+    local = torch.arange(instance.numel(), device=device) - (areas.cumsum(0) - areas)[instance]
+    box_width = width[instance]
+    return instance, top[instance] + local // box_width, left[instance] + local % box_width
+
+
+def pairwise_loss(
+    mask_logits: torch.Tensor,
+    similarity: torch.Tensor,
+    image_index: torch.Tensor,
+    box_masks: torch.Tensor,
+    tau: float = 0.1,
+    kernel_size: int = 3,
+    dilation: int = 2,
+) -> torch.Tensor:
+    """Pairwise affinity term, Eq. (8): mean of ``-log P(y_e = 1)`` (Eq. 4) over the confident
+    edges, computed only where edges count: cost ∝ total box area, not instances × image.
 
     An edge counts when its centre pixel lies inside the instance's box and its colour
     similarity (Eq. 7) is at least ``tau``; the mean runs over all such edges of all instances
-    (the count is clamped at 1, so no instance or edge gives 0, not NaN).
+    (the count is clamped at 1, so no instance or edge gives 0, not NaN). The centre pixels of
+    all boxes are gathered into one flat list, each with its K*K-1 neighbours' logits (read
+    within ``dilation * (kernel_size // 2)`` cells of the box) and its image's similarities, so
+    the value and gradients are those of :func:`pairwise_loss_full_image`, edge for edge.
 
     Args:
         mask_logits: ``[N, H, W]``.
-        similarity: ``[N, K*K-1, H, W]`` colour similarity of each instance's image
-            (see :func:`boxinst.losses.color.color_similarity`).
-        box_masks: ``[N, H, W]`` 1 inside the instance's box.
+        similarity: ``[B, K*K-1, H, W]`` colour similarity of each image of the batch
+            (:func:`boxinst.losses.color.color_similarity`; 0 for a neighbour outside the image).
+        image_index: ``[N]`` the image of each instance.
+        box_masks: ``[N, H, W]`` 1 inside the instance's box, 0 elsewhere: a rectangle of
+            cells (its bounding rectangle is what is read).
     Returns:
         a scalar.
     """
-    log_same = log_same_label_probability(mask_logits, kernel_size, dilation)
-    weights = (similarity >= tau).to(log_same.dtype) * box_masks[:, None].to(log_same.dtype)
+    _, h, w = mask_logits.shape
+    instance, y, x = _cells_in_boxes(box_masks)
+    offsets = torch.tensor(neighbour_offsets(kernel_size, dilation), device=mask_logits.device)
+    ny = y[:, None] + offsets[:, 0]  # [T, K*K-1]
+    nx = x[:, None] + offsets[:, 1]
+    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    centre = ((instance * h + y) * w + x)[:, None]
+    # a neighbour outside the image reads its centre's logit, then 0 as zero padding does
+    neighbour = torch.where(inside, centre + offsets[:, 0] * w + offsets[:, 1], centre)
+
+    z = mask_logits.reshape(-1)[torch.cat([centre, neighbour], dim=1)]  # one gather, one scatter
+    z_i, z_j = z[:, :1], z[:, 1:]
+    log_same = _log_same_label(
+        F.logsigmoid(z_i),
+        F.logsigmoid(-z_i),
+        F.logsigmoid(z_j).masked_fill(~inside, 0.0),
+        F.logsigmoid(-z_j).masked_fill(~inside, 0.0),
+    )
+    edge = torch.arange(offsets.shape[0], device=mask_logits.device)
+    edge_similarity = similarity[image_index[instance][:, None], edge, y[:, None], x[:, None]]
+    weights = (edge_similarity >= tau).to(log_same.dtype)
     return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
 
 
@@ -129,6 +211,7 @@ def mixed_mask_loss(
     gt_masks: torch.Tensor,
     box_masks: torch.Tensor,
     similarity: torch.Tensor | None,
+    image_index: torch.Tensor | None,
     *,
     use_projection: bool = True,
     use_pairwise: bool = True,
@@ -157,7 +240,9 @@ def mixed_mask_loss(
         has_mask: ``[N]`` bool.
         gt_masks: ``[N, H, W]`` ground-truth masks; only rows with ``has_mask`` are read.
         box_masks: ``[N, H, W]`` box masks.
-        similarity: ``[N, K*K-1, H, W]`` colour similarity, needed when the pairwise term is on.
+        similarity: ``[B, K*K-1, H, W]`` colour similarity of each image of the batch, and
+        image_index: ``[N]`` the image of each instance; both needed when the pairwise term is
+            on (:func:`pairwise_loss`).
     Returns:
         ``{"loss_mask": dice, "loss_proj": ..., "loss_pairwise": ...}``, each a scalar that is 0
         (with a graph to the logits) where no instance contributes.
@@ -175,11 +260,12 @@ def mixed_mask_loss(
         proj = projection_loss(mask_logits[box_supervised], box_masks[box_supervised])
         losses["loss_proj"] = projection_weight * proj.sum() / num_supervised
     if use_pairwise and box_supervised.any():
-        if similarity is None:
+        if similarity is None or image_index is None:
             raise ValueError("the pairwise term needs the colour similarity of the images")
         pairwise = pairwise_loss(
             mask_logits[box_supervised],
-            similarity[box_supervised],
+            similarity,
+            image_index[box_supervised],
             box_masks[box_supervised],
             tau=tau,
             kernel_size=kernel_size,

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from boxinst.dashboards import cli as compare_cli
 from boxinst.platform import evaluation, quick_train
+from boxinst.platform.bench import cli as bench_cli
 from boxinst.platform.data import check, synth, voc
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.inference import load_trained, predict_files
@@ -409,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(handler=_ui)
 
     compare_cli.register(commands, default_tracking_uri)
+    bench_cli.register(commands)
     return parser
 
 

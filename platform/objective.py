@@ -167,7 +167,7 @@ def compute_losses(
         valid = pairwise_valid_region(targets, height, width, stride, images.device)
         similarity = color_similarity(
             lab, cfg.pairwise_kernel_size, cfg.pairwise_dilation, cfg.color_theta, valid
-        )[image_idx]
+        )
 
     losses.update(
         mixed_mask_loss(
@@ -176,6 +176,7 @@ def compute_losses(
             gt_masks[instance],
             box_masks[instance],
             similarity,
+            image_idx,
             use_projection=cfg.use_projection,
             use_pairwise=cfg.use_pairwise,
             projection_weight=cfg.projection_weight,

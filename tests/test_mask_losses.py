@@ -125,7 +125,7 @@ def test_pairwise_loss_matches_naive_eq8(kernel_size, dilation, tau):
     box_masks[0, 2:6, 3:8] = 1
     box_masks[1, 0:8, 0:4] = 1  # touches the image border
     box_masks[2, 5:8, 6:10] = 1
-    ours = pairwise_loss(logits, similarity, box_masks, tau, kernel_size, dilation)
+    ours = pairwise_loss(logits, similarity, torch.arange(3), box_masks, tau, kernel_size, dilation)
     expected = naive_pairwise_loss(logits, similarity, box_masks, tau, kernel_size, dilation)
     assert ours.item() == pytest.approx(expected, abs=1e-5)
 
@@ -137,18 +137,19 @@ def test_pairwise_loss_rewards_agreement_of_similar_neighbours():
     checkerboard = torch.where(
         (torch.arange(6)[:, None] + torch.arange(6)[None]) % 2 == 0, BIG, -BIG
     )[None]
-    assert pairwise_loss(uniform, similarity, box).item() == pytest.approx(0.0, abs=1e-6)
+    image = torch.zeros(1, dtype=torch.long)
+    assert pairwise_loss(uniform, similarity, image, box).item() == pytest.approx(0.0, abs=1e-6)
     # with dilation 2 every neighbour of a checkerboard pixel has its own parity: still 0
-    assert pairwise_loss(checkerboard, similarity, box, dilation=2).item() == pytest.approx(
+    assert pairwise_loss(checkerboard, similarity, image, box, dilation=2).item() == pytest.approx(
         0.0, abs=1e-6
     )
     # with dilation 1 the 4 side neighbours disagree with certainty: -log P = BIG each
-    assert pairwise_loss(checkerboard, similarity, box, dilation=1).item() > 10
+    assert pairwise_loss(checkerboard, similarity, image, box, dilation=1).item() > 10
 
 
 def test_pairwise_loss_no_edges_is_zero_not_nan():
     loss = pairwise_loss(
-        torch.randn(2, 5, 5), torch.zeros(2, 8, 5, 5), torch.ones(2, 5, 5), tau=0.1
+        torch.randn(2, 5, 5), torch.zeros(2, 8, 5, 5), torch.arange(2), torch.ones(2, 5, 5), tau=0.1
     )
     assert loss.item() == 0.0
 
@@ -160,13 +161,14 @@ def test_losses_have_finite_gradients_for_extreme_logits():
     box = torch.zeros(4, 12, 12)
     box[:, 2:9, 3:10] = 1
     similarity = torch.ones(4, 8, 12, 12)
-    total = pairwise_loss(logits, similarity, box) + projection_loss(logits, box).sum()
+    images = torch.arange(4)
+    total = pairwise_loss(logits, similarity, images, box) + projection_loss(logits, box).sum()
     total = total + dice_loss(logits.sigmoid(), box).sum()
     total.backward()
     assert torch.isfinite(total)
     assert torch.isfinite(logits.grad).all()
     # disagreeing neighbours at ±50 cost about 50 nats each edge, not inf
-    assert 1.0 < pairwise_loss(logits, similarity, box).item() < 60.0
+    assert 1.0 < pairwise_loss(logits, similarity, images, box).item() < 60.0
 
 
 def test_pairwise_warmup_is_linear_then_flat():
@@ -188,36 +190,45 @@ def _mixer_inputs():
 
 def test_mixer_pure_regimes_reduce_to_condinst_and_boxinst():
     logits, gt, box, sim = _mixer_inputs()
-    full = mixed_mask_loss(logits, torch.ones(4, dtype=torch.bool), gt, box, None)
+    full = mixed_mask_loss(logits, torch.ones(4, dtype=torch.bool), gt, box, None, None)
     torch.testing.assert_close(full["loss_mask"], dice_loss(logits.sigmoid(), gt).mean())
     assert full["loss_proj"].item() == 0 and full["loss_pairwise"].item() == 0
 
+    images = torch.arange(4)
     boxed = mixed_mask_loss(
-        logits, torch.zeros(4, dtype=torch.bool), gt, box, sim, tau=0.3, pairwise_warmup=0.5
+        logits, torch.zeros(4, dtype=torch.bool), gt, box, sim, images, tau=0.3, pairwise_warmup=0.5
     )
     assert boxed["loss_mask"].item() == 0
     torch.testing.assert_close(boxed["loss_proj"], projection_loss(logits, box).mean())
     torch.testing.assert_close(
-        boxed["loss_pairwise"], 0.5 * pairwise_loss(logits, sim, box, tau=0.3)
+        boxed["loss_pairwise"], 0.5 * pairwise_loss(logits, sim, images, box, tau=0.3)
     )
 
 
 def test_mixer_semi_supervised_counts_each_instance_once():
     logits, gt, box, sim = _mixer_inputs()
     has_mask = torch.tensor([True, False, True, False])
-    out = mixed_mask_loss(logits, has_mask, gt, box, sim, use_pairwise=True, pairwise_weight=2.0)
+    out = mixed_mask_loss(
+        logits, has_mask, gt, box, sim, torch.arange(4), use_pairwise=True, pairwise_weight=2.0
+    )
     dice = dice_loss(logits.sigmoid(), gt)
     proj = projection_loss(logits, box)
     torch.testing.assert_close(out["loss_mask"], (dice[0] + dice[2]) / 4)
     torch.testing.assert_close(out["loss_proj"], (proj[1] + proj[3]) / 4)
-    expected_pairwise = 2.0 * (2 / 4) * pairwise_loss(logits[[1, 3]], sim[[1, 3]], box[[1, 3]])
+    box_only = torch.tensor([1, 3])
+    expected_pairwise = (
+        2.0 * (2 / 4) * pairwise_loss(logits[box_only], sim, box_only, box[box_only])
+    )
     torch.testing.assert_close(out["loss_pairwise"], expected_pairwise)
 
 
 def test_mixer_without_box_terms_ignores_box_only_instances():
     logits, gt, box, sim = _mixer_inputs()
     has_mask = torch.tensor([True, False, False, False])
-    out = mixed_mask_loss(logits, has_mask, gt, box, sim, use_projection=False, use_pairwise=False)
+    images = torch.arange(4)
+    out = mixed_mask_loss(
+        logits, has_mask, gt, box, sim, images, use_projection=False, use_pairwise=False
+    )
     torch.testing.assert_close(out["loss_mask"], dice_loss(logits[:1].sigmoid(), gt[:1])[0])
     none = mixed_mask_loss(
         logits,
@@ -225,6 +236,7 @@ def test_mixer_without_box_terms_ignores_box_only_instances():
         gt,
         box,
         sim,
+        images,
         use_projection=False,
         use_pairwise=False,
     )
@@ -236,7 +248,7 @@ def test_mixer_never_reads_masks_of_box_only_instances():
     has_mask = torch.tensor([True, False, True, False])
     poisoned = gt.clone()
     poisoned[~has_mask] = float("nan")
-    clean = mixed_mask_loss(logits, has_mask, gt, box, sim)
-    dirty = mixed_mask_loss(logits, has_mask, poisoned, box, sim)
+    clean = mixed_mask_loss(logits, has_mask, gt, box, sim, torch.arange(4))
+    dirty = mixed_mask_loss(logits, has_mask, poisoned, box, sim, torch.arange(4))
     for name in clean:
         torch.testing.assert_close(dirty[name], clean[name])

@@ -1,0 +1,73 @@
+"""The two model configurations the benchmarks run and a training batch for each: the small CPU
+model on generated shapes, and BoxInst's R-50 COCO model on COCO-sized random images."""
+
+from __future__ import annotations
+
+import torch
+
+from boxinst.models.condinst import CondInstConfig
+from boxinst.platform.data.collate import collate_instances
+from boxinst.platform.data.synth import CLASSES
+from boxinst.platform.quick_train import (
+    QuickTrainConfig,
+    generate,
+    scenes_to_batch,
+    small_model_config,
+)
+
+#: name -> (model config, what it is)
+CONFIGS = {
+    "small": (small_model_config(num_classes=len(CLASSES)), "ResNet-18 CPU model, shapes"),
+    "coco": (CondInstConfig(), "R-50-FPN BoxInst COCO model"),
+}
+SMALL_IMAGE_SIZE = 160  # the largest training size of experiments/quickstart.yaml
+COCO_IMAGE_SIZE = (800, 1333)  # the paper's test size and largest training size
+
+
+def shapes_batch(count: int, size: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
+    """Generated scenes of the seven shape classes (up to 4 objects), box-supervised."""
+    scenes = generate(
+        QuickTrainConfig(classes=CLASSES, max_objects=4, image_size=size), count, seed
+    )
+    return scenes_to_batch(scenes, has_mask=False)
+
+
+def random_batch(
+    count: int, size: tuple[int, int], seed: int, boxes: int = 5, num_classes: int = 80
+) -> tuple[torch.Tensor, list[dict]]:
+    """Random RGB images of ``size`` (h, w), padded to multiples of 32, each with ``boxes``
+    random boxes of 32 to 400 pixels a side (clipped to the image), box-supervised."""
+    g = torch.Generator().manual_seed(seed)
+    height, width = size
+    samples = []
+    for _ in range(count):
+        image = torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8)
+        sides = 32 + torch.rand(boxes, 2, generator=g) * 368
+        corner = torch.rand(boxes, 2, generator=g) * torch.tensor([width, height])
+        far = torch.minimum(corner + sides, torch.tensor([width, height]) - 1.0)
+        samples.append(
+            (
+                image,
+                {
+                    "boxes": torch.cat([corner.minimum(far - 1), far], dim=1),
+                    "labels": torch.randint(0, num_classes, (boxes,), generator=g),
+                    "masks": torch.zeros(boxes, height, width, dtype=torch.uint8),
+                    "has_mask": torch.zeros(boxes, dtype=torch.bool),
+                    "image_size": (height, width),
+                },
+            )
+        )
+    return collate_instances(samples)
+
+
+def image_size(config: str, size: tuple[int, int], small_size: int) -> tuple[int, int]:
+    """(h, w) of a configuration's images: square shapes of ``small_size`` for ``small``,
+    ``size`` for ``coco``."""
+    return (small_size, small_size) if config == "small" else (size[0], size[1])
+
+
+def batch_for(config: str, count: int, size: tuple[int, int], seed: int = 0):
+    """The benchmark batch of a configuration at ``size`` (h, w; the shapes are square)."""
+    if config == "small":
+        return shapes_batch(count, size[0], seed)
+    return random_batch(count, size, seed, num_classes=CONFIGS[config][0].num_classes)

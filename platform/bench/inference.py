@@ -1,0 +1,76 @@
+"""``boxinst bench inference``: ``CondInst.predict`` (forward, decoding, NMS, masks pasted at
+the input size and thresholded) of the small CPU model and of the R-50 COCO model.
+
+The models are randomly initialised, so the score threshold is set to 0: every image then
+yields the full ``detections_per_image`` (100) detections and masks, the load of a trained
+model on COCO. On CUDA inference runs under autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from boxinst.models.condinst import CondInst
+from boxinst.platform.bench.batches import (
+    COCO_IMAGE_SIZE,
+    CONFIGS,
+    SMALL_IMAGE_SIZE,
+    batch_for,
+    image_size,
+)
+from boxinst.platform.bench.harness import default_device, table, time_interleaved
+
+BATCH_SIZES = {"small": 8, "coco": 2}
+
+
+def run(
+    configs: tuple[str, ...] = ("small", "coco"),
+    size: tuple[int, int] = COCO_IMAGE_SIZE,
+    small_size: int = SMALL_IMAGE_SIZE,
+    repeats: int = 5,
+) -> dict:
+    """Seconds per batch and images per second of each configuration, after one warm-up."""
+    device = default_device()
+    results = {}
+    for config in configs:
+        torch.manual_seed(0)
+        model = CondInst(replace(CONFIGS[config][0], score_threshold=0.0)).to(device).eval()
+        hw = image_size(config, size, small_size)
+        images, targets = batch_for(config, BATCH_SIZES[config], hw)
+        images = images.to(device)
+        sizes = [t["image_size"] for t in targets]
+
+        def predict(model=model, images=images, sizes=sizes) -> list[dict]:
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                return model.predict(images, sizes)
+
+        detections = sum(len(p["scores"]) for p in predict()) / len(sizes)
+        timing = time_interleaved({config: predict}, repeats, device)[config]
+        results[config] = {
+            "model": CONFIGS[config][1],
+            "image_size": list(hw),
+            "batch": BATCH_SIZES[config],
+            "detections_per_image": detections,
+            **timing,
+            "images_per_s": BATCH_SIZES[config] / timing["median_s"],
+        }
+    return {"device": str(device), "autocast": device.type == "cuda", "configs": results}
+
+
+def summary(result: dict) -> str:
+    rows = [
+        (
+            name,
+            r["model"],
+            "x".join(map(str, r["image_size"])),
+            r["batch"],
+            r["detections_per_image"],
+            r["median_s"],
+            r["images_per_s"],
+        )
+        for name, r in result["configs"].items()
+    ]
+    header = ["config", "model", "image", "batch", "detections", "s/batch", "images/s"]
+    return f"inference (CondInst.predict) on {result['device']}\n" + table(header, rows)
