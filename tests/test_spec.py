@@ -84,6 +84,10 @@ def test_semi_supervised_regime_as_a_mapping(tmp_path):
             "sweep axis loss.tau=0.1): loss.tau: unknown key",
         ),
         (
+            {"data": {"synth": {"object_size": [0.3, 0.6]}}},
+            "data.synth: object_size [0.3, 0.6]: radii are fractions of the image's shorter side",
+        ),
+        (
             {"sweep": {"axes": {"seed": [0, 1]}, "scheduler": "asha"}},
             "asha stops trials on their evaluations; set evaluation.every",
         ),

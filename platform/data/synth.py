@@ -35,8 +35,20 @@ class SynthConfig:
     min_size: int = 128
     max_size: int = 192
     max_objects: int = 4
-    object_size: tuple[float, float] = (0.12, 0.35)
+    object_size: tuple[float, float] = (0.12, 0.35)  # radius / the image's shorter side
     low_contrast: float = 0.15
+
+    def __post_init__(self) -> None:
+        low, high = self.object_size
+        if not 0 < low <= high <= 0.5:
+            raise ValueError(
+                f"object_size {list(self.object_size)}: radii are fractions of the image's "
+                "shorter side, 0 < low <= high <= 0.5 (a shape must fit in its image)"
+            )
+        if not 0 < self.min_size <= self.max_size:
+            raise ValueError(
+                f"min_size {self.min_size}, max_size {self.max_size}: need 0 < min <= max"
+            )
 
 
 def _categories() -> list[dict]:
