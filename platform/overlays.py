@@ -17,6 +17,9 @@ from boxinst.platform.data.coco import CocoInstanceDataset
 
 #: Detections below this score are left out of a picture (evaluation still scores them).
 MIN_SCORE = 0.3
+#: A detection whose mask overlaps a better-scored drawn one this much (IoU), whatever its
+#: class, is left out of a picture: an undertrained model's near-duplicates hide the masks.
+MAX_OVERLAP = 0.5
 ALPHA = 0.5
 
 
@@ -27,6 +30,25 @@ def _colour(index: int) -> tuple[int, int, int]:
     return tuple(int(c) for c in cv2.cvtColor(pixel, cv2.COLOR_HSV2RGB)[0, 0])
 
 
+def pictured(
+    detections: Sequence[Mapping], min_score: float = MIN_SCORE, max_overlap: float = MAX_OVERLAP
+) -> list[Mapping]:
+    """The detections a picture shows, best first: those scoring at least ``min_score`` whose
+    mask overlaps no better-scored shown one by more than ``max_overlap`` IoU, any class."""
+    shown: list[Mapping] = []
+    for detection in sorted(detections, key=lambda d: -d["score"]):
+        if detection["score"] < min_score:
+            break
+        masks = [d["segmentation"] for d in shown]
+        if (
+            not masks
+            or mask_util.iou([detection["segmentation"]], masks, [0] * len(masks)).max()
+            <= max_overlap
+        ):
+            shown.append(detection)
+    return shown
+
+
 def draw_detections(
     image: np.ndarray,
     detections: Sequence[Mapping],
@@ -34,10 +56,9 @@ def draw_detections(
     min_score: float = MIN_SCORE,
 ) -> np.ndarray:
     """``image`` (``[H, W, 3]`` uint8 RGB) with the masks, outlines and labels of the
-    ``detections`` (COCO results of that image) scoring at least ``min_score``."""
+    :func:`pictured` ``detections`` (COCO results of that image), best drawn last (on top)."""
     canvas = image.copy()
-    kept = sorted((d for d in detections if d["score"] >= min_score), key=lambda d: d["score"])
-    for index, detection in enumerate(kept):
+    for index, detection in enumerate(reversed(pictured(detections, min_score))):
         mask = mask_util.decode(detection["segmentation"]).astype(bool)
         colour = np.array(_colour(index), dtype=np.float32)
         canvas[mask] = ((1 - ALPHA) * canvas[mask] + ALPHA * colour).astype(np.uint8)
