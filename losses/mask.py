@@ -102,6 +102,11 @@ def log_same_label_probability(
     return log_same[:, 0]
 
 
+def _mean_over_edges(log_same: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. (8)'s mean of ``-log P(y_e = 1)`` over the edges of weight 1 (0 when there are none)."""
+    return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
+
+
 def pairwise_loss_full_image(
     mask_logits: torch.Tensor,
     similarity: torch.Tensor,
@@ -120,7 +125,7 @@ def pairwise_loss_full_image(
     log_same = log_same_label_probability(mask_logits, kernel_size, dilation)
     weights = (similarity[image_index] >= tau).to(log_same.dtype)
     weights = weights * box_masks[:, None].to(log_same.dtype)
-    return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
+    return _mean_over_edges(log_same, weights)
 
 
 def _cells_in_boxes(box_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -194,7 +199,7 @@ def pairwise_loss(
     edge = torch.arange(offsets.shape[0], device=mask_logits.device)
     edge_similarity = similarity[image_index[instance][:, None], edge, y[:, None], x[:, None]]
     weights = (edge_similarity >= tau).to(log_same.dtype)
-    return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
+    return _mean_over_edges(log_same, weights)
 
 
 def pairwise_warmup_factor(iteration: int, warmup_iters: int) -> float:

@@ -45,7 +45,7 @@ from boxinst.platform.metrics import (
     metric_name,
     train_loss_name,
 )
-from boxinst.platform.objective import compute_losses
+from boxinst.platform.objective import LossConfig, compute_losses
 from boxinst.platform.overlays import write_overlays
 from boxinst.platform.solver import build_optimizer, build_scheduler
 from boxinst.platform.spec import TrainSpec
@@ -221,6 +221,41 @@ def batches(loader: DataLoader, iteration: int) -> Iterator:
         epoch, offset = epoch + 1, 0
 
 
+def batch_to_device(
+    images: torch.Tensor, targets: list[dict], device: torch.device
+) -> tuple[torch.Tensor, list[dict]]:
+    """A collated batch with its images and the tensors of its targets on ``device``."""
+    targets = [
+        {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
+    ]
+    return images.to(device), targets
+
+
+def optimisation_step(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: list[dict],
+    loss_cfg: LossConfig,
+    iteration: int,
+    generator: torch.Generator | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    clip_grad_norm: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """One training iteration: the losses (under autocast when ``scaler`` is enabled), backward
+    through the scaler, gradient clipping when asked, the optimiser step. Returns the losses."""
+    with torch.autocast(images.device.type, enabled=scaler.is_enabled()):
+        losses = compute_losses(model, images, targets, loss_cfg, iteration, generator)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(sum(losses.values())).backward()
+    if clip_grad_norm:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return losses
+
+
 def train_steps(
     spec: TrainSpec,
     state: TrainState,
@@ -242,30 +277,25 @@ def train_steps(
     stream = batches(loader, state.iteration)
     since, images_seen = time.perf_counter(), 0
     while state.iteration < until:
-        images, targets = next(stream)
-        images = images.to(device)
-        targets = [
-            {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
-        ]
-        with torch.autocast(device.type, enabled=state.scaler.is_enabled()):
-            losses = compute_losses(
-                model, images, targets, loss_cfg, state.iteration, state.generator
-            )
-        total = sum(losses.values())
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(total).backward()
-        if spec.solver.clip_grad_norm:
-            state.scaler.unscale_(state.optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.solver.clip_grad_norm)
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
+        images, targets = batch_to_device(*next(stream), device)
+        losses = optimisation_step(
+            model,
+            images,
+            targets,
+            loss_cfg,
+            state.iteration,
+            state.generator,
+            state.optimizer,
+            state.scaler,
+            spec.solver.clip_grad_norm,
+        )
         learning_rate = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         state.iteration += 1
         images_seen += len(images) * world
         if on_log is not None and (state.iteration % log_every == 0 or state.iteration == until):
             metrics = {train_loss_name(k): v.item() for k, v in losses.items()}
-            metrics[TRAIN_LOSS] = total.item()
+            metrics[TRAIN_LOSS] = sum(losses.values()).item()
             metrics[LEARNING_RATE] = learning_rate
             metrics[IMAGES_PER_SECOND] = images_seen / (time.perf_counter() - since)
             on_log(state.iteration, metrics)

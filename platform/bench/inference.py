@@ -14,15 +14,17 @@ import torch
 
 from boxinst.models.condinst import CondInst
 from boxinst.platform.bench.batches import (
+    BATCH_SIZES,
     COCO_IMAGE_SIZE,
+    CONFIG_HEADER,
     CONFIGS,
     SMALL_IMAGE_SIZE,
     batch_for,
+    config_columns,
+    config_record,
     image_size,
 )
 from boxinst.platform.bench.harness import default_device, table, time_interleaved
-
-BATCH_SIZES = {"small": 8, "coco": 2}
 
 
 def run(
@@ -48,29 +50,14 @@ def run(
 
         detections = sum(len(p["scores"]) for p in predict()) / len(sizes)
         timing = time_interleaved({config: predict}, repeats, device)[config]
-        results[config] = {
-            "model": CONFIGS[config][1],
-            "image_size": list(hw),
-            "batch": BATCH_SIZES[config],
-            "detections_per_image": detections,
-            **timing,
-            "images_per_s": BATCH_SIZES[config] / timing["median_s"],
-        }
+        results[config] = {**config_record(config, hw, timing), "detections_per_image": detections}
     return {"device": str(device), "autocast": device.type == "cuda", "configs": results}
 
 
 def summary(result: dict) -> str:
     rows = [
-        (
-            name,
-            r["model"],
-            "x".join(map(str, r["image_size"])),
-            r["batch"],
-            r["detections_per_image"],
-            r["median_s"],
-            r["images_per_s"],
-        )
+        (*config_columns(name, r), r["detections_per_image"], r["median_s"], r["images_per_s"])
         for name, r in result["configs"].items()
     ]
-    header = ["config", "model", "image", "batch", "detections", "s/batch", "images/s"]
+    header = [*CONFIG_HEADER, "detections", "s/batch", "images/s"]
     return f"inference (CondInst.predict) on {result['device']}\n" + table(header, rows)

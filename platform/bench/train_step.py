@@ -1,6 +1,7 @@
-"""``boxinst bench train-step``: one training iteration (forward, all losses through
-:func:`boxinst.platform.objective.compute_losses`, backward, SGD step) of the small CPU model and
-of the R-50 COCO model, box-supervised (projection + pairwise terms, warm-up done).
+"""``boxinst bench train-step``: one training iteration as training runs it
+(:func:`boxinst.platform.training.optimisation_step`: all losses, backward, SGD step) of the
+small CPU model and of the R-50 COCO model, box-supervised (projection + pairwise terms, warm-up
+done).
 
 On CUDA the step runs under autocast with a gradient scaler, as training does; on the CPU in
 float32. ``channels_last`` and ``torch.compile`` of the model are options, to measure them.
@@ -14,16 +15,19 @@ import torch
 
 from boxinst.models.condinst import CondInst
 from boxinst.platform.bench.batches import (
+    BATCH_SIZES,
     COCO_IMAGE_SIZE,
+    CONFIG_HEADER,
     CONFIGS,
     SMALL_IMAGE_SIZE,
     batch_for,
+    config_columns,
+    config_record,
     image_size,
 )
 from boxinst.platform.bench.harness import default_device, synchronize, table, time_interleaved
-from boxinst.platform.objective import LossConfig, compute_losses
-
-BATCH_SIZES = {"small": 8, "coco": 2}
+from boxinst.platform.objective import LossConfig
+from boxinst.platform.training import batch_to_device, optimisation_step
 
 
 def training_step(
@@ -37,29 +41,19 @@ def training_step(
     """A closure running one training iteration of ``config`` on its benchmark batch."""
     torch.manual_seed(seed)
     model = CondInst(CONFIGS[config][0]).to(device).train()
-    images, targets = batch_for(config, BATCH_SIZES[config], size, seed)
-    images = images.to(device)
-    targets = [
-        {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets
-    ]
+    images, targets = batch_to_device(*batch_for(config, BATCH_SIZES[config], size, seed), device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     forward = torch.compile(model) if torch_compile else model
     loss_cfg = LossConfig(pairwise_warmup_iters=0)
     generator = torch.Generator().manual_seed(seed)
 
     def step() -> None:
-        with torch.autocast(device.type, enabled=amp):
-            losses = compute_losses(forward, images, targets, loss_cfg, 0, generator)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimisation_step(forward, images, targets, loss_cfg, 0, generator, optimizer, scaler)
 
     return step
 
@@ -85,14 +79,7 @@ def run(
         synchronize(device)
         first = time.perf_counter() - start
         timing = time_interleaved({config: step}, repeats, device)[config]
-        results[config] = {
-            "model": CONFIGS[config][1],
-            "image_size": list(hw),
-            "batch": BATCH_SIZES[config],
-            **timing,
-            "images_per_s": BATCH_SIZES[config] / timing["median_s"],
-            "first_step_s": first,
-        }
+        results[config] = {**config_record(config, hw, timing), "first_step_s": first}
     return {
         "device": str(device),
         "autocast": device.type == "cuda",
@@ -108,16 +95,8 @@ def summary(result: dict) -> str:
         or "float32, eager"
     )
     rows = [
-        (
-            name,
-            r["model"],
-            "x".join(map(str, r["image_size"])),
-            r["batch"],
-            r["median_s"],
-            r["images_per_s"],
-            r["first_step_s"],
-        )
+        (*config_columns(name, r), r["median_s"], r["images_per_s"], r["first_step_s"])
         for name, r in result["configs"].items()
     ]
-    header = ["config", "model", "image", "batch", "s/step", "images/s", "first step s"]
+    header = [*CONFIG_HEADER, "s/step", "images/s", "first step s"]
     return f"training step on {result['device']} ({variant})\n" + table(header, rows)
