@@ -69,6 +69,8 @@ TRAIN_LOSS = "train/loss"
 #: Training throughput and learning rate, reported with the losses.
 IMAGES_PER_SECOND = "train/images_per_s"
 LEARNING_RATE = "train/lr"
+#: Steps not taken because a loss was NaN or inf (``solver.on_nonfinite_loss: skip``), so far.
+SKIPPED_STEPS = "train/skipped_steps"
 
 #: The paper's "box as mask" baseline (Table 3): the trial's own detections with their boxes
 #: filled as masks, scored as masks: ``box_as_mask/AP``, ``box_as_mask/AP50``, ...

@@ -124,6 +124,10 @@ class Solver(Spec):
     warmup_factor: float = 0.001
     clip_grad_norm: float | None = None
     amp: bool = True  # on CUDA only
+    # A NaN or inf loss never reaches the weights: the step is not taken, and the run fails
+    # ("fail") or goes on without it ("skip"), failing once more than max_skipped_steps were.
+    on_nonfinite_loss: Literal["fail", "skip"] = "fail"
+    max_skipped_steps: int = Field(20, ge=0)
 
 
 class Evaluation(Spec):

@@ -40,6 +40,7 @@ from boxinst.platform.metrics import (
     IMAGES_PER_SECOND,
     LEARNING_RATE,
     SEGM,
+    SKIPPED_STEPS,
     TRAIN_LOSS,
     box_as_mask_name,
     metric_name,
@@ -108,6 +109,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     generator: torch.Generator
     iteration: int = 0
+    skipped_steps: int = 0  # steps not taken for a non-finite loss
 
     def state_dict(self) -> dict:
         return {
@@ -118,6 +120,7 @@ class TrainState:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "iteration": self.iteration,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -128,6 +131,7 @@ class TrainState:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.iteration = state["iteration"]
+        self.skipped_steps = state["skipped_steps"]
 
 
 def save_checkpoint(state: TrainState, spec: TrainSpec, folder: Path) -> Path:
@@ -231,6 +235,25 @@ def batch_to_device(
     return images.to(device), targets
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss term was NaN or inf on some worker; the step was not taken."""
+
+    def __init__(self, losses: dict[str, torch.Tensor], context: str = ""):
+        self.losses = losses
+        terms = ", ".join(f"{k}={v.item():g}" for k, v in losses.items())
+        super().__init__(f"{context}non-finite loss ({terms}), the step was not taken")
+
+
+def finite_on_every_worker(losses: dict[str, torch.Tensor]) -> bool:
+    """Whether every loss term is finite on every worker. The workers agree (an all-reduce of
+    the flag), so they skip a step together: a DDP backward on only some of them would hang."""
+    finite = torch.stack([v.detach().float() for v in losses.values()]).isfinite().all()
+    finite = finite.to(torch.int32)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite)
+
+
 def optimisation_step(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -243,9 +266,20 @@ def optimisation_step(
     clip_grad_norm: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """One training iteration: the losses (under autocast when ``scaler`` is enabled), backward
-    through the scaler, gradient clipping when asked, the optimiser step. Returns the losses."""
+    through the scaler, gradient clipping when asked, the optimiser step. Returns the losses.
+
+    A NaN or inf loss on any worker raises :class:`NonFiniteLossError` before the backward
+    pass, leaving weights, optimiser state and the buffers the forward pass updates (batch
+    norm's running statistics) as they were. (Overflowing fp16 gradients of a finite loss are
+    the AMP scaler's business: it skips that step and lowers its scale.)"""
+    buffers = [buffer.clone() for buffer in model.buffers()]
     with torch.autocast(images.device.type, enabled=scaler.is_enabled()):
         losses = compute_losses(model, images, targets, loss_cfg, iteration, generator)
+    if not finite_on_every_worker(losses):
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers, strict=True):
+                buffer.copy_(saved)
+        raise NonFiniteLossError(losses)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(sum(losses.values())).backward()
     if clip_grad_norm:
@@ -254,6 +288,20 @@ def optimisation_step(
     scaler.step(optimizer)
     scaler.update()
     return losses
+
+
+def skip_step(spec: TrainSpec, state: TrainState, error: NonFiniteLossError) -> None:
+    """Count the step of ``error`` as skipped, or fail the run as the spec says."""
+    solver, where = spec.solver, f"iteration {state.iteration}: "
+    if solver.on_nonfinite_loss == "fail":
+        raise NonFiniteLossError(error.losses, where) from None
+    state.skipped_steps += 1
+    if state.skipped_steps > solver.max_skipped_steps:
+        raise NonFiniteLossError(
+            error.losses,
+            f"more than solver.max_skipped_steps={solver.max_skipped_steps} skipped; {where}",
+        ) from None
+    print(f"warning: {where}{error} (skipped, {state.skipped_steps} so far)", flush=True)
 
 
 def train_steps(
@@ -267,8 +315,12 @@ def train_steps(
 ) -> None:
     """Optimise from ``state.iteration`` up to ``until`` (exclusive); every ``log_every``
     iterations ``on_log(iteration, metrics)`` with the losses of that iteration, the learning
-    rate and the throughput since the last log (images/s over all workers). ``model`` is
-    ``state.model`` or its DDP wrapper."""
+    rate, the throughput since the last log (images/s over all workers) and the count of
+    skipped steps. ``model`` is ``state.model`` or its DDP wrapper.
+
+    A step with a non-finite loss is not taken (:func:`optimisation_step`); the run then fails
+    with the iteration named, or, with ``solver.on_nonfinite_loss: skip``, goes on to the next
+    batch until more than ``solver.max_skipped_steps`` steps were skipped."""
     device = next(state.model.parameters()).device
     loss_cfg = spec.loss_config()
     model = model or state.model
@@ -278,17 +330,21 @@ def train_steps(
     since, images_seen = time.perf_counter(), 0
     while state.iteration < until:
         images, targets = batch_to_device(*next(stream), device)
-        losses = optimisation_step(
-            model,
-            images,
-            targets,
-            loss_cfg,
-            state.iteration,
-            state.generator,
-            state.optimizer,
-            state.scaler,
-            spec.solver.clip_grad_norm,
-        )
+        try:
+            losses = optimisation_step(
+                model,
+                images,
+                targets,
+                loss_cfg,
+                state.iteration,
+                state.generator,
+                state.optimizer,
+                state.scaler,
+                spec.solver.clip_grad_norm,
+            )
+        except NonFiniteLossError as error:
+            losses = error.losses
+            skip_step(spec, state, error)
         learning_rate = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         state.iteration += 1
@@ -298,6 +354,7 @@ def train_steps(
             metrics[TRAIN_LOSS] = sum(losses.values()).item()
             metrics[LEARNING_RATE] = learning_rate
             metrics[IMAGES_PER_SECOND] = images_seen / (time.perf_counter() - since)
+            metrics[SKIPPED_STEPS] = state.skipped_steps
             on_log(state.iteration, metrics)
             since, images_seen = time.perf_counter(), 0
 

@@ -4,15 +4,22 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from boxinst.platform.metrics import IMAGES_PER_SECOND, LEARNING_RATE
+from boxinst.platform.data.collate import collate_instances
+from boxinst.platform.metrics import IMAGES_PER_SECOND, LEARNING_RATE, SKIPPED_STEPS, TRAIN_LOSS
 from boxinst.platform.training import (
+    NonFiniteLossError,
+    ResumableSampler,
+    SeededSamples,
+    batch_to_device,
     build_datasets,
     build_state,
     evaluate_model,
     evaluation_groups,
     load_checkpoint,
     loaders,
+    optimisation_step,
     save_checkpoint,
     train_steps,
 )
@@ -36,9 +43,37 @@ def spec(tiny_spec):
     )
 
 
-def run(spec, start_state=None, until=None):
-    train_set, val_set = build_datasets(spec)
-    train_loader, _ = loaders(spec, train_set, val_set)
+class PoisonedSamples(SeededSamples):
+    """The training samples with a NaN pixel in the image of one dataset index."""
+
+    def __init__(self, dataset, poisoned: int):
+        super().__init__(dataset)
+        self.poisoned = poisoned
+
+    def __getitem__(self, key):
+        image, target = super().__getitem__(key)
+        if key[0] == self.poisoned:
+            image = image.float()
+            image[0, 0, 0] = math.nan
+        return image, target
+
+
+def poisoned_loader(spec, poisoned: int) -> DataLoader:
+    """The training loader of ``loaders`` (same order, same augmentation) with one sample
+    poisoned."""
+    train_set, _ = build_datasets(spec)
+    return DataLoader(
+        PoisonedSamples(train_set, poisoned),
+        batch_size=spec.solver.ims_per_batch,
+        sampler=ResumableSampler(train_set, spec.seed),
+        collate_fn=collate_instances,
+    )
+
+
+def run(spec, start_state=None, until=None, train_loader=None):
+    if train_loader is None:
+        train_set, val_set = build_datasets(spec)
+        train_loader, _ = loaders(spec, train_set, val_set)
     state = build_state(spec, torch.device("cpu"))
     if start_state is not None:
         state.load_state_dict(start_state)
@@ -79,6 +114,82 @@ def test_checkpoint_is_atomic_and_safe_to_load(spec, tmp_path):
     loaded = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert loaded["iteration"] == 1 and set(loaded) >= {"model", "optimizer", "scheduler", "scaler"}
     assert type(spec).model_validate(loaded["spec"]) == spec
+
+
+def test_a_non_finite_loss_leaves_weights_and_optimiser_untouched(spec):
+    state, _ = run(spec, until=1)  # momentum buffers exist
+    before = {
+        "model": {k: v.clone() for k, v in state.model.state_dict().items()},
+        "momentum": [s["momentum_buffer"].clone() for s in state.optimizer.state.values()],
+    }
+    images, targets = next(iter(poisoned_loader(spec, poisoned=0)))
+    images, targets = batch_to_device(images, targets, torch.device("cpu"))
+    images[0, 0, 0, 0] = math.nan
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(loss_cls=nan"):
+        optimisation_step(
+            state.model,
+            images,
+            targets,
+            spec.loss_config(),
+            1,
+            state.generator,
+            state.optimizer,
+            state.scaler,
+        )
+    for name, value in state.model.state_dict().items():
+        assert torch.equal(value, before["model"][name]), name
+    momentum = [s["momentum_buffer"] for s in state.optimizer.state.values()]
+    assert all(map(torch.equal, momentum, before["momentum"]))
+
+
+def iterations_reading(spec, index: int, iterations: int) -> list[int]:
+    """The iterations whose batch holds dataset ``index`` (the sampler's order)."""
+    train_set, _ = build_datasets(spec)
+    sampler, batch = ResumableSampler(train_set, spec.seed), spec.solver.ims_per_batch
+    per_pass = len(sampler) // batch
+    found = []
+    for iteration in range(iterations):
+        epoch, offset = divmod(iteration, per_pass)
+        sampler.start(epoch, 0)
+        keys = list(sampler)[offset * batch : (offset + 1) * batch]
+        if index in [i for i, _ in keys]:
+            found.append(iteration)
+    return found
+
+
+def test_non_finite_steps_are_skipped_and_counted_when_asked(tiny_spec):
+    spec = tiny_spec("solver.on_nonfinite_loss=skip", "solver.max_skipped_steps=3")
+    poisoned = iterations_reading(spec, 3, spec.solver.max_iter)
+    assert 1 <= len(poisoned) <= 3
+    state, logged = run(spec, train_loader=poisoned_loader(spec, 3))
+    assert state.iteration == spec.solver.max_iter and state.skipped_steps == len(poisoned)
+    for iteration, metrics in logged:  # logged after iteration - 1 ran
+        assert math.isnan(metrics[TRAIN_LOSS]) == (iteration - 1 in poisoned), iteration
+        assert metrics[SKIPPED_STEPS] == sum(i < iteration for i in poisoned)
+    assert all(torch.isfinite(p).all() for p in state.model.parameters())
+    resumed = build_state(spec, torch.device("cpu"))
+    resumed.load_state_dict(state.state_dict())  # the count survives a resume
+    assert resumed.skipped_steps == len(poisoned)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ([], r"iteration {first}: non-finite loss"),
+        (
+            ["solver.on_nonfinite_loss=skip", "solver.max_skipped_steps=0"],
+            r"more than solver.max_skipped_steps=0 skipped; iteration {first}: non-finite",
+        ),
+    ],
+    ids=["fail", "skip-limit"],
+)
+def test_a_non_finite_loss_fails_the_run_by_default_or_past_the_skip_limit(
+    tiny_spec, overrides, message
+):
+    spec = tiny_spec(*overrides)
+    first = iterations_reading(spec, 3, spec.solver.max_iter)[0]
+    with pytest.raises(NonFiniteLossError, match=message.format(first=first)):
+        run(spec, train_loader=poisoned_loader(spec, 3))
 
 
 def test_evaluation_reports_all_and_unseen_classes(spec):
