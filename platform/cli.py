@@ -26,7 +26,12 @@ from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
 from boxinst.platform.runs import SPEC_ARTIFACT, train_tracked
 from boxinst.platform.spec import SpecError, load_spec
 from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table
-from boxinst.platform.tracking import Tracker, default_tracking_uri
+from boxinst.platform.tracking import (
+    Tracker,
+    TrackingUnreachable,
+    check_reachable,
+    default_tracking_uri,
+)
 from boxinst.platform.training import (
     build_val_dataset,
     evaluate_model,
@@ -132,6 +137,7 @@ def _data_convert_voc(args: argparse.Namespace) -> int:
 
 def _tracker(args: argparse.Namespace, experiment: str):
     """The MLflow experiment of a command, reached before any Ray resources are asked for."""
+    check_reachable(args.tracking_uri or default_tracking_uri())
     return Tracker(args.experiment or experiment, args.tracking_uri)
 
 
@@ -186,7 +192,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> int:
     """Run a logged run or sweep again from its logged spec, with overrides."""
-    client = MlflowClient(args.tracking_uri or default_tracking_uri())
+    uri = args.tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    client = MlflowClient(uri)
     try:
         run = client.get_run(args.run_id)
         with tempfile.TemporaryDirectory() as folder:
@@ -418,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (SpecError, FileNotFoundError) as error:
+    except (SpecError, FileNotFoundError, TrackingUnreachable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

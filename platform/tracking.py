@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,29 @@ METRIC_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class TrackingUnreachable(ConnectionError):
+    """The MLflow tracking server does not answer."""
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the server, when an HTTP(S) tracking server does not answer its
+    health check (MLflow's client would retry for minutes). A server that answers anything,
+    even an error status, is reachable; local stores always are."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except OSError as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingUnreachable(
+            f"MLflow tracking server {tracking_uri} is unreachable ({reason}); start it, "
+            "or leave MLFLOW_TRACKING_URI and --tracking-uri unset to track in ./mlflow.db"
+        ) from None
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
