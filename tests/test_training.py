@@ -1,9 +1,13 @@
 """A run of a spec on generated data: checkpoints resume exactly; evaluation scores the model."""
 
 import math
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from boxinst.platform.data.collate import collate_instances
@@ -190,6 +194,50 @@ def test_a_non_finite_loss_fails_the_run_by_default_or_past_the_skip_limit(
     first = iterations_reading(spec, 3, spec.solver.max_iter)[0]
     with pytest.raises(NonFiniteLossError, match=message.format(first=first)):
         run(spec, train_loader=poisoned_loader(spec, 3))
+
+
+#: Writes checkpoints of the spec's training state (iteration 1, 2, ...) into a folder, forever.
+CHECKPOINT_WRITER = """
+import sys
+from pathlib import Path
+import torch
+from boxinst.platform.spec import load_spec
+from boxinst.platform.training import build_state, save_checkpoint
+spec = load_spec(sys.argv[1])
+state = build_state(spec, torch.device("cpu"))
+while True:
+    state.iteration += 1
+    save_checkpoint(state, spec, Path(sys.argv[2]))
+"""
+
+
+def kill_while_writing(spec_file, folder) -> list:
+    """Start the writer, SIGKILL it as soon as a file sits next to a finished checkpoint (a
+    later one being written); the files left beside the checkpoint (none if the kill came
+    just after the writer's rename)."""
+    writer = subprocess.Popen([sys.executable, "-c", CHECKPOINT_WRITER, spec_file, folder])
+    finished = folder / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    try:
+        while writer.poll() is None and time.monotonic() < deadline:
+            if finished.exists() and any(p != finished for p in folder.iterdir()):
+                break
+    finally:
+        writer.kill()
+        writer.wait()
+    return [p for p in folder.iterdir() if p != finished] if finished.exists() else []
+
+
+def test_a_process_killed_while_writing_a_checkpoint_leaves_the_previous_one(spec, tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.as_dict()))
+    for attempt in range(5):
+        left = kill_while_writing(spec_file, tmp_path / f"ckpt{attempt}")
+        if left:
+            break
+    assert left, "the writer was never killed while writing a checkpoint"
+    state = torch.load(left[0].parent / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] >= 1 and type(spec).model_validate(state["spec"]) == spec
 
 
 def test_evaluation_reports_all_and_unseen_classes(spec):
