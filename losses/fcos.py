@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from boxinst.losses.distributed import global_mean
 
 INF = float("inf")
 
@@ -109,15 +110,6 @@ def centerness_targets(reg_targets: torch.Tensor) -> torch.Tensor:
     lr, tb = reg_targets[:, [0, 2]], reg_targets[:, [1, 3]]
     ratio = (lr.amin(dim=1) / lr.amax(dim=1)) * (tb.amin(dim=1) / tb.amax(dim=1))
     return ratio.clamp(min=0).sqrt()
-
-
-def global_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean of ``value`` over the workers of the default process group (itself when alone)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
 
 
 def ltrb_to_boxes(ltrb: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from boxinst.losses.distributed import global_mean
+
 DICE_EPS = 1e-5
 
 
@@ -102,9 +104,16 @@ def log_same_label_probability(
     return log_same[:, 0]
 
 
-def _mean_over_edges(log_same: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Eq. (8)'s mean of ``-log P(y_e = 1)`` over the edges of weight 1 (0 when there are none)."""
-    return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
+def _sum_over_edges(
+    log_same: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (8)'s sum of ``-log P(y_e = 1)`` over the edges of weight 1, and their number."""
+    return -(log_same * weights).sum(), weights.sum()
+
+
+def _edge_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Eq. (8)'s mean over the edges (0 when there are none, not NaN)."""
+    return total / count.clamp(min=1.0)
 
 
 def pairwise_loss_full_image(
@@ -125,7 +134,7 @@ def pairwise_loss_full_image(
     log_same = log_same_label_probability(mask_logits, kernel_size, dilation)
     weights = (similarity[image_index] >= tau).to(log_same.dtype)
     weights = weights * box_masks[:, None].to(log_same.dtype)
-    return _mean_over_edges(log_same, weights)
+    return _edge_mean(*_sum_over_edges(log_same, weights))
 
 
 def _cells_in_boxes(box_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,6 +156,41 @@ def _cells_in_boxes(box_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     local = torch.arange(instance.numel(), device=device) - (areas.cumsum(0) - areas)[instance]
     box_width = width[instance]
     return instance, top[instance] + local // box_width, left[instance] + local % box_width
+
+
+def pairwise_edge_sums(
+    mask_logits: torch.Tensor,
+    similarity: torch.Tensor,
+    image_index: torch.Tensor,
+    box_masks: torch.Tensor,
+    tau: float = 0.1,
+    kernel_size: int = 3,
+    dilation: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum of Eq. (8) over the confident edges of :func:`pairwise_loss`, and their number
+    (so that workers can normalise by the count of the global batch). Arguments as there."""
+    _, h, w = mask_logits.shape
+    instance, y, x = _cells_in_boxes(box_masks)
+    offsets = torch.tensor(neighbour_offsets(kernel_size, dilation), device=mask_logits.device)
+    ny = y[:, None] + offsets[:, 0]  # [T, K*K-1]
+    nx = x[:, None] + offsets[:, 1]
+    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    centre = ((instance * h + y) * w + x)[:, None]
+    # a neighbour outside the image reads its centre's logit, then 0 as zero padding does
+    neighbour = torch.where(inside, centre + offsets[:, 0] * w + offsets[:, 1], centre)
+
+    z = mask_logits.reshape(-1)[torch.cat([centre, neighbour], dim=1)]  # one gather, one scatter
+    z_i, z_j = z[:, :1], z[:, 1:]
+    log_same = _log_same_label(
+        F.logsigmoid(z_i),
+        F.logsigmoid(-z_i),
+        F.logsigmoid(z_j).masked_fill(~inside, 0.0),
+        F.logsigmoid(-z_j).masked_fill(~inside, 0.0),
+    )
+    edge = torch.arange(offsets.shape[0], device=mask_logits.device)
+    edge_similarity = similarity[image_index[instance][:, None], edge, y[:, None], x[:, None]]
+    weights = (edge_similarity >= tau).to(log_same.dtype)
+    return _sum_over_edges(log_same, weights)
 
 
 def pairwise_loss(
@@ -178,28 +222,11 @@ def pairwise_loss(
     Returns:
         a scalar.
     """
-    _, h, w = mask_logits.shape
-    instance, y, x = _cells_in_boxes(box_masks)
-    offsets = torch.tensor(neighbour_offsets(kernel_size, dilation), device=mask_logits.device)
-    ny = y[:, None] + offsets[:, 0]  # [T, K*K-1]
-    nx = x[:, None] + offsets[:, 1]
-    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-    centre = ((instance * h + y) * w + x)[:, None]
-    # a neighbour outside the image reads its centre's logit, then 0 as zero padding does
-    neighbour = torch.where(inside, centre + offsets[:, 0] * w + offsets[:, 1], centre)
-
-    z = mask_logits.reshape(-1)[torch.cat([centre, neighbour], dim=1)]  # one gather, one scatter
-    z_i, z_j = z[:, :1], z[:, 1:]
-    log_same = _log_same_label(
-        F.logsigmoid(z_i),
-        F.logsigmoid(-z_i),
-        F.logsigmoid(z_j).masked_fill(~inside, 0.0),
-        F.logsigmoid(-z_j).masked_fill(~inside, 0.0),
+    return _edge_mean(
+        *pairwise_edge_sums(
+            mask_logits, similarity, image_index, box_masks, tau, kernel_size, dilation
+        )
     )
-    edge = torch.arange(offsets.shape[0], device=mask_logits.device)
-    edge_similarity = similarity[image_index[instance][:, None], edge, y[:, None], x[:, None]]
-    weights = (edge_similarity >= tau).to(log_same.dtype)
-    return _mean_over_edges(log_same, weights)
 
 
 def pairwise_warmup_factor(iteration: int, warmup_iters: int) -> float:
@@ -238,7 +265,9 @@ def mixed_mask_loss(
     Normalisation: every instance that receives a mask loss counts once, so per-instance terms
     (dice, projection) are summed and divided by that count and the edge-averaged pairwise term
     is weighted by the share of box-supervised instances. In the pure regimes this reduces to
-    CondInst's mean dice and to BoxInst's ``mean(L_proj) + L_pairwise`` exactly.
+    CondInst's mean dice and to BoxInst's ``mean(L_proj) + L_pairwise`` exactly. The counts
+    (instances, edges) are those of the global batch in a data-parallel run
+    (:func:`~boxinst.losses.distributed.global_mean`: every worker calls this function).
 
     Args:
         mask_logits: ``[N, H, W]`` logits of the instances sampled for the mask loss.
@@ -254,8 +283,23 @@ def mixed_mask_loss(
     """
     has_mask = has_mask.bool()
     box_supervised = ~has_mask if (use_projection or use_pairwise) else torch.zeros_like(has_mask)
-    num_supervised = (has_mask.sum() + box_supervised.sum()).clamp(min=1).to(mask_logits.dtype)
     zero = mask_logits.sum() * 0.0
+    pairwise_total, edges = zero, zero.detach()
+    if use_pairwise and box_supervised.any():
+        if similarity is None or image_index is None:
+            raise ValueError("the pairwise term needs the colour similarity of the images")
+        pairwise_total, edges = pairwise_edge_sums(
+            mask_logits[box_supervised],
+            similarity,
+            image_index[box_supervised],
+            box_masks[box_supervised],
+            tau=tau,
+            kernel_size=kernel_size,
+            dilation=dilation,
+        )
+    counts = torch.stack([has_mask.sum(), box_supervised.sum(), edges.detach()]).float()
+    num_masked, num_boxed, num_edges = global_mean(counts)  # float32: edges overflow fp16
+    num_supervised = (num_masked + num_boxed).clamp(min=1)
 
     losses = {"loss_mask": zero, "loss_proj": zero, "loss_pairwise": zero}
     if has_mask.any():
@@ -265,17 +309,7 @@ def mixed_mask_loss(
         proj = projection_loss(mask_logits[box_supervised], box_masks[box_supervised])
         losses["loss_proj"] = projection_weight * proj.sum() / num_supervised
     if use_pairwise and box_supervised.any():
-        if similarity is None or image_index is None:
-            raise ValueError("the pairwise term needs the colour similarity of the images")
-        pairwise = pairwise_loss(
-            mask_logits[box_supervised],
-            similarity,
-            image_index[box_supervised],
-            box_masks[box_supervised],
-            tau=tau,
-            kernel_size=kernel_size,
-            dilation=dilation,
-        )
-        share = box_supervised.sum().to(mask_logits.dtype) / num_supervised
+        share = num_boxed / num_supervised
+        pairwise = _edge_mean(pairwise_total, num_edges)
         losses["loss_pairwise"] = pairwise_weight * pairwise_warmup * share * pairwise
     return losses

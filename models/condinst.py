@@ -36,6 +36,7 @@ class CondInstConfig:
     prior_prob: float = 0.01
     mask_branch_channels: int = 128
     mask_branch_convs: int = 4
+    mask_branch_norm: str = "BN"  # CondInst's; per-worker statistics in a data-parallel run
     mask_feature_channels: int = 8
     mask_head_channels: int = 16  # BoxInst: 16, CondInst: 8
     mask_head_layers: int = 3
@@ -108,6 +109,7 @@ class CondInst(nn.Module):
             channels=config.mask_branch_channels,
             out_channels=config.mask_feature_channels,
             num_convs=config.mask_branch_convs,
+            norm=config.mask_branch_norm,
         )
         self.register_buffer(
             "pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False

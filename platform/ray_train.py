@@ -112,6 +112,7 @@ def build_trainer(
             num_workers=resources.num_workers,
             use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker},
+            placement_strategy=resources.placement_strategy,
         ),
         run_config=RunConfig(
             name=name,

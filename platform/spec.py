@@ -146,6 +146,8 @@ class Resources(Spec):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
     max_failures: int = Field(0, ge=-1)  # worker-group restarts from the last checkpoint; -1: any
+    # Ray's placement of the workers: PACK fills a node first, STRICT_SPREAD one per node.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 class Sweep(Spec):
