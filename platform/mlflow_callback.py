@@ -8,12 +8,28 @@ A metric is logged at ``step = iteration`` once: after a restart from a checkpoi
 report again the steps they had already reported since it, and those are skipped, so a run
 that failed over, or a trial of a restored sweep, keeps one continuous history. The final
 report carries the evaluation files in its checkpoint; they become the run's artifacts.
+
+An MLflow server that cannot be reached does not stop training, and loses nothing: metrics are
+buffered and retried. Each report's metrics join a pending buffer, and each report tries once,
+failing fast, to log the whole buffer; what fails stays pending for the next report. The final
+report keeps retrying until the buffer and the evaluation are in MLflow, up to a time limit;
+past it the pending metrics are saved to a JSON file and the run fails, naming that file.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import requests
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from ray.train import Checkpoint
 from ray.train.v2.api.callback import UserCallback
 
@@ -23,7 +39,7 @@ from boxinst.platform.metrics import (
     ARTIFACT_PREDICTIONS,
     TAG_CHECKPOINT,
 )
-from boxinst.platform.tracking import Tracker
+from boxinst.platform.tracking import METRIC_BATCH
 
 #: Keys of a report that are bookkeeping, not metrics.
 ITERATION = "iteration"
@@ -31,44 +47,166 @@ FINAL = "final"
 RESUMED_FROM = "resumed_from"
 BOOKKEEPING = (ITERATION, FINAL, RESUMED_FROM)
 
+#: MLflow's client retries a failed request up to 7 times with exponential back-off (minutes
+#: against a dead server) and waits up to 120 s for an answer. It takes both only from these
+#: environment variables, read at each request, so they are set around each attempt to log
+#: (and restored after it): one try with a short timeout; the pending buffer is the retry.
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+#: What an unreachable (or failing) server raises: MLflow wraps connection errors and timeouts
+#: in MlflowException; an artifact upload's bad status is a requests error.
+UNREACHABLE = (MlflowException, requests.RequestException)
+#: Seconds between the final report's attempts to log.
+RETRY_PAUSE = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _fail_fast() -> Iterator[None]:
+    """MLflow requests inside the block are tried once, with a short timeout."""
+    saved = {key: os.environ.get(key) for key in FAIL_FAST}
+    os.environ.update(FAIL_FAST)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class MlflowUnreachableError(RuntimeError):
+    """The MLflow server stayed unreachable past the time limit of the final report."""
+
 
 class MlflowCallback(UserCallback):
-    """Logs rank 0's reports of a Ray Train run into the MLflow run ``run_id``."""
+    """Logs rank 0's reports of a Ray Train run into the MLflow run ``run_id`` (of
+    ``experiment``), keeping what the server at ``tracking_uri`` does not take for later; the
+    final report waits at most ``give_up_after`` seconds for the server, then saves what it
+    could not log in ``unlogged_file``."""
 
-    def __init__(self, experiment: str, tracking_uri: str, run_id: str):
+    def __init__(
+        self,
+        experiment: str,
+        tracking_uri: str,
+        run_id: str,
+        unlogged_file: Path,
+        give_up_after: float = 600.0,
+    ):
         self.experiment = experiment
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self._tracker: Tracker | None = None
-        self._last_step: dict[str, int] | None = None
+        self.unlogged_file = unlogged_file
+        self.give_up_after = give_up_after
+        self._client: MlflowClient | None = None
+        self._last_step: dict[str, int] | None = None  # per key, the last step in MLflow
+        self._pending: list[Metric] = []  # reported, not yet in MLflow, in report order
+        self._outage_since: float | None = None  # when the server stopped answering
 
-    def _logged_steps(self, tracker: Tracker) -> dict[str, int]:
+    def after_report(self, run_context, metrics: list[dict], checkpoint: Checkpoint | None):
+        """Buffer rank 0's metrics and try once to log the buffer; at the final report, retry
+        until the buffer and the evaluation are logged, or raise past ``give_up_after``."""
+        report = metrics[0]
+        step, now = int(report[ITERATION]), int(time.time() * 1000)
+        self._pending += [  # stamped now: a value keeps the time it was reported
+            Metric(key, float(value), now, step)
+            for key, value in report.items()
+            if key not in BOOKKEEPING
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ]
+        if not report.get(FINAL):
+            self._attempt(self._flush)
+            return
+        deadline = time.monotonic() + self.give_up_after
+        while (error := self._attempt(lambda: self._flush_final(checkpoint))) is not None:
+            if time.monotonic() >= deadline:
+                raise self._give_up(checkpoint) from error
+            time.sleep(min(RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
+
+    def _attempt(self, log: Callable[[], None]) -> Exception | None:
+        """Run ``log`` failing fast; returns what the server raised, if it did. Warns once when
+        the server stops answering, and once when it is back."""
+        pending = len(self._pending)
+        try:
+            with _fail_fast():
+                log()
+        except UNREACHABLE as error:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                logger.warning(
+                    "MLflow at %s cannot be reached (%s); training goes on, the metrics of "
+                    "run %s are kept and retried at each report",
+                    self.tracking_uri,
+                    error,
+                    self.run_id,
+                )
+            return error
+        if self._outage_since is not None:
+            logger.warning(
+                "MLflow at %s is back after %.0f s: logged the %d buffered metric values",
+                self.tracking_uri,
+                time.monotonic() - self._outage_since,
+                pending,
+            )
+            self._outage_since = None
+        return None
+
+    def _flush(self) -> None:
+        """Log the pending metrics in order, leaving out the steps MLflow already has (and
+        repeats of a pending step): what is logged leaves the buffer, the rest stays."""
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        if self._last_step is None:
+            self._last_step = self._logged_steps()
+        last, fresh = dict(self._last_step), []
+        for metric in self._pending:
+            if metric.step > last.get(metric.key, -1):
+                fresh.append(metric)
+                last[metric.key] = metric.step
+        self._pending = fresh
+        while self._pending:
+            batch = self._pending[:METRIC_BATCH]
+            self._client.log_batch(self.run_id, metrics=batch)
+            self._last_step.update((metric.key, metric.step) for metric in batch)
+            del self._pending[: len(batch)]
+
+    def _logged_steps(self) -> dict[str, int]:
         """The last step of each metric already in the run (a resumed run has some)."""
-        metrics = tracker.client.get_run(self.run_id).data.metrics
+        metrics = self._client.get_run(self.run_id).data.metrics
         return {
-            key: max(m.step for m in tracker.client.get_metric_history(self.run_id, key))
+            key: max(m.step for m in self._client.get_metric_history(self.run_id, key))
             for key in metrics
         }
 
-    def after_report(self, run_context, metrics: list[dict], checkpoint: Checkpoint | None):
-        if self._tracker is None:
-            self._tracker = Tracker(self.experiment, self.tracking_uri)
-            self._last_step = self._logged_steps(self._tracker)
-        report = metrics[0]
-        step = int(report[ITERATION])
-        new = {
-            key: value
-            for key, value in report.items()
-            if key not in BOOKKEEPING and step > self._last_step.get(key, -1)
-        }
-        self._tracker.log_metrics(self.run_id, new, step)
-        self._last_step.update(dict.fromkeys(new, step))
-        if report.get(FINAL) and checkpoint is not None:
-            self._log_evaluation(checkpoint)
-
-    def _log_evaluation(self, checkpoint: Checkpoint) -> None:
-        self._tracker.set_tag(self.run_id, TAG_CHECKPOINT, checkpoint.path)
+    def _flush_final(self, checkpoint: Checkpoint | None) -> None:
+        """Log the pending metrics, then the final checkpoint's path and evaluation files."""
+        self._flush()
+        if checkpoint is None:
+            return
+        self._client.set_tag(self.run_id, TAG_CHECKPOINT, checkpoint.path)
         with checkpoint.as_directory() as folder:
             for name in (ARTIFACT_EVALUATION, ARTIFACT_PREDICTIONS, ARTIFACT_OVERLAYS):
                 if (Path(folder) / name).is_dir():
-                    self._tracker.client.log_artifacts(self.run_id, str(Path(folder) / name), name)
+                    self._client.log_artifacts(self.run_id, str(Path(folder) / name), name)
+
+    def _give_up(self, checkpoint: Checkpoint | None) -> MlflowUnreachableError:
+        """Save the pending metrics as JSON in ``unlogged_file`` and return the error that
+        says so."""
+        path = self.unlogged_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = [
+            {"key": m.key, "value": m.value, "step": m.step, "timestamp": m.timestamp}
+            for m in self._pending
+        ]
+        unlogged = {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "metrics": values}
+        path.write_text(json.dumps(unlogged, indent=1))
+        evaluation = (
+            f"; its evaluation files are in checkpoint {checkpoint.path}" if checkpoint else ""
+        )
+        return MlflowUnreachableError(
+            f"MLflow at {self.tracking_uri} could not be reached for {self.give_up_after:g} s "
+            f"after training ended: run {self.run_id} of experiment {self.experiment!r} lacks "
+            f"{len(values)} metric values, saved in {path}{evaluation}"
+        )

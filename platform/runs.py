@@ -22,7 +22,7 @@ from boxinst.platform.metrics import (
     TAG_SPEC,
 )
 from boxinst.platform.mlflow_callback import MlflowCallback
-from boxinst.platform.ray_train import build_trainer
+from boxinst.platform.ray_train import build_trainer, storage_uri
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.tracking import Tracker
 
@@ -31,6 +31,14 @@ SPEC_ARTIFACT = f"{ARTIFACT_CONFIG}/spec.yaml"
 
 def spec_yaml(data: Mapping) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False)
+
+
+def unlogged_metrics_file(storage: str | Path, ray_run: str, run_id: str) -> Path:
+    """Where a run's metrics go if MLflow stays unreachable after training: its Ray Train
+    folder under a local storage, the working directory when the storage is remote."""
+    uri = storage_uri(storage)
+    folder = Path(uri) / ray_run if "://" not in uri else Path.cwd()
+    return folder / f"mlflow-unlogged-{run_id}.json"
 
 
 def train_tracked(
@@ -54,6 +62,11 @@ def train_tracked(
     )
     with tracker.ending(run_id):
         tracker.log_text(run_id, spec_yaml(spec.as_dict()), SPEC_ARTIFACT)
-        logger = MlflowCallback(tracker.experiment, tracker.tracking_uri, run_id)
+        logger = MlflowCallback(
+            tracker.experiment,
+            tracker.tracking_uri,
+            run_id,
+            unlogged_metrics_file(storage, ray_run, run_id),
+        )
         result = build_trainer(spec, storage, ray_run, [logger, *callbacks]).fit()
     return run_id, result.metrics

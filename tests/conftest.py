@@ -1,6 +1,9 @@
 """Shared helpers of the test suite."""
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,41 +25,68 @@ def make_config():
     return lambda **overrides: small_model_config(**{"num_classes": 3, **overrides})
 
 
+class MlflowServer:
+    """A real MLflow tracking server on 127.0.0.1 (SQLite store, local artifacts under
+    ``root``) that can be stopped and started again on the same port with the same store."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> str:
+        """Start the server and wait until it answers; returns its URI."""
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--workers", "1",
+        ]  # fmt: skip
+        # one worker and no job runner (MLflow's GenAI jobs): it starts in seconds, not in
+        # half a minute on a small, busy machine
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = self.root / "server.log"
+        with log.open("a") as output:  # a session of its own: stop() ends its workers too
+            self.process = subprocess.Popen(
+                command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 60
+        while not self._healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not start: {log.read_text()}")
+            time.sleep(0.3)
+        return self.uri
+
+    def stop(self) -> None:
+        """Terminate the server (its process group) and wait until its port is closed."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while self._healthy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server on 127.0.0.1 (SQLite store, local artifacts)."""
-    root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-    ]  # fmt: skip
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(
-                    f"mlflow server did not start: {(root / 'server.log').read_text()}"
-                ) from None
-            time.sleep(0.3)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server.start()
+    server.stop()
 
 
 def write_tiny_spec(folder: Path) -> Path:
