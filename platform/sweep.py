@@ -8,14 +8,19 @@ to MLflow through a nested run under the sweep's parent run.
 
 A sweep is named ``<spec name>-<date>-<time>`` under the storage folder; ``resume`` restores an
 interrupted one with ``Tuner.restore``: finished trials are kept, unfinished and errored ones
-go on from their last checkpoint, into the same MLflow runs.
+go on from their last checkpoint, into the same MLflow runs. What it restores is the state Tune
+saved of the sweep's trials, which a sweep saves at every step of Tune's loop (see
+:data:`TUNE_STATE_PERIOD`), so that a driver killed at any moment leaves it up to date.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,15 @@ from boxinst.platform.tracking import Tracker
 #: A trial only drives its Train run (the workers train): it takes no CPU from them, and
 #: reserves the memory its process needs (Ray cannot schedule an actor that asks for nothing).
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 512 * 1024**2}
+
+#: How often Ray Tune saves a sweep's state (its trials and their statuses: what a resume
+#: restores): the environment variable Tune reads, and the sweeps' value. Tune's default
+#: ("auto") saves at least 10 s apart, and the end of a trial does not force a save: a driver
+#: killed within that time after a trial finished leaves a state in which the trial still runs,
+#: and a resume runs it again (its Train run resumes from its final checkpoint: evaluated
+#: again, checkpointed again, its MLflow run reopened and ended again). 0 saves after every step
+#: of Tune's loop, so before the next trial starts. A value set in the environment is kept.
+TUNE_STATE_PERIOD = ("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,21 @@ def _tune_config(spec: TrainSpec) -> ray.tune.TuneConfig:
     )
 
 
+@contextmanager
+def _tune_state_saved_promptly() -> Iterator[None]:
+    """Tune's state saved as :data:`TUNE_STATE_PERIOD` says, in the block (Tune reads the
+    variable when a run starts), unless the environment sets its own period."""
+    variable, period = TUNE_STATE_PERIOD
+    if variable in os.environ:
+        yield
+        return
+    os.environ[variable] = period
+    try:
+        yield
+    finally:
+        os.environ.pop(variable, None)
+
+
 def latest_sweep(storage: str | Path, spec_name: str) -> str:
     """The name of the most recent sweep of ``spec_name`` under a local ``storage`` folder."""
     sweeps = sorted(Path(storage_uri(storage)).glob(f"{spec_name}-*-*/tuner.pkl"))
@@ -181,7 +210,8 @@ def run_sweep(
                 run_config=ray.tune.RunConfig(name=name, storage_path=context.storage),
             )
         try:
-            results = tuner.fit()
+            with _tune_state_saved_promptly():
+                results = tuner.fit()
         except KeyboardInterrupt:
             tracker.end_unfinished_children(parent, "KILLED")
             raise
