@@ -31,11 +31,18 @@ AXES = {
 }
 
 
+#: Credentials in the environment of the driver and (inherited) of every Ray worker.
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "aws-secret-1234", "MLFLOW_TRACKING_PASSWORD": "mlflow-pw-5678"}
+
+
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in SECRETS.items():
+            patch.setenv(name, value)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +95,13 @@ def test_a_sweep_logs_one_parent_run_and_a_nested_run_per_trial(sweep):
         for name in ("box_only", "projection_only")
     ]
     assert losses[0] > 0 and losses[1] == 0  # the regime decides the terms
+
+
+def test_no_environment_secret_is_logged(sweep):
+    _, runs, *_ = sweep
+    for run in runs.values():
+        logged = " ".join([*run.data.params.values(), *run.data.tags.values()])
+        assert not [name for name, value in SECRETS.items() if value in logged], run.info.run_name
 
 
 def test_a_failed_trial_ends_failed_and_the_sweep_goes_on(sweep, capsys):
