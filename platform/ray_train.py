@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
+import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
@@ -63,9 +64,18 @@ def next_stop(iteration: int, spec: TrainSpec) -> int:
     return min(stops)
 
 
+def use_reserved_cpus(spec: TrainSpec) -> None:
+    """On CPU, a worker computes with as many threads as the CPUs it reserved (at least one).
+    Ray Train does not set this, and torch's default, one thread per core of the machine in
+    every worker, oversubscribes the cores when several trials share them."""
+    if not spec.resources.use_gpu:
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The loop each Ray Train worker runs; resumes from the run's latest checkpoint if any."""
     spec = TrainSpec.model_validate(config["spec"])
+    use_reserved_cpus(spec)
     train_set, val_set = build_datasets(spec)
     train_loader, val_loader = loaders(spec, train_set, val_set)
     state = build_state(spec, ray.train.torch.get_device())

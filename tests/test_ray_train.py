@@ -4,7 +4,7 @@ import pytest
 import ray
 import torch
 
-from boxinst.platform.ray_train import build_trainer
+from boxinst.platform.ray_train import build_trainer, use_reserved_cpus
 from boxinst.platform.training import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.integration
@@ -42,3 +42,14 @@ def test_two_workers_train_checkpoint_evaluate_and_resume(local_ray, tiny_spec, 
     # the same run name under the same storage resumes from its latest checkpoint
     longer = build_trainer(spec(tiny_spec, 6), storage, "run").fit()
     assert longer.metrics["resumed_from"] == 4 and longer.metrics["iteration"] == 6
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(0.4, 1), (1, 1), (2.5, 2)])
+def test_a_cpu_worker_computes_with_the_cpus_it_reserved(tiny_spec, cpus, threads):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        use_reserved_cpus(tiny_spec(f"resources.cpus_per_worker={cpus}"))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
