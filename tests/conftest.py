@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
 from boxinst.platform.quick_train import small_model_config
@@ -25,15 +26,33 @@ def make_config():
     return lambda **overrides: small_model_config(**{"num_classes": 3, **overrides})
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of asking)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray(request):
+    """A Ray of the test module's own (``address="local"``: never a cluster that ``ray start``
+    left on the machine), started with the module's ``RAY_ENV`` (if any) in its environment,
+    which every Ray process inherits."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in getattr(request.module, "RAY_ENV", {}).items():
+            patch.setenv(name, value)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
+
+
 class MlflowServer:
     """A real MLflow tracking server on 127.0.0.1 (SQLite store, local artifacts under
     ``root``) that can be stopped and started again on the same port with the same store."""
 
     def __init__(self, root: Path):
         self.root = root
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 

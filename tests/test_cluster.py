@@ -10,18 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_spec
+from conftest import free_port, write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 from conftest import write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray._private import state as ray_state
@@ -43,19 +42,8 @@ WORKER_CLASS = "RayTrainWorker"
 #: How often a Ray Train controller polls its workers (2 s by default). A worker's report waits
 #: for the next poll, so with a report at every iteration the default would set the pace.
 POLL_INTERVAL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+RAY_ENV = POLL_INTERVAL  # the local_ray fixture's (trials of a sweep resumed in-process too)
 LOSS = "train/loss"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    """A Ray cluster of this process's own (``local``: not one that ``ray start`` left on the
-    machine), whose processes (trials of a sweep resumed in-process among them) poll fast."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in POLL_INTERVAL.items():
-            patch.setenv(key, value)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield
-        ray.shutdown()
 
 
 def wait_for(condition, timeout: float, what: str, stop=lambda: False):

@@ -4,13 +4,11 @@ fails the run with the unlogged metrics saved to a file."""
 
 import json
 import os
-import socket
 import threading
 import time
 
 import pytest
-import ray
-from conftest import MlflowServer
+from conftest import MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
 from boxinst.platform.metrics import ARTIFACT_EVALUATION
@@ -21,14 +19,9 @@ from boxinst.platform.tracking import Tracker
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LOSS = "train/loss"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    # address="local": a Ray of its own, even while another cluster runs on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+#: The Train controller takes one report per poll, every 2 s by default: poll faster (the
+#: ``local_ray`` fixture's environment).
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +37,7 @@ def test_a_dead_server_costs_a_report_little_and_the_final_report_saves_what_it_
     tmp_path, monkeypatch, caplog
 ):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's 7 retries
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     saved = tmp_path / "ray-run" / "mlflow-unlogged-run-1.json"
     callback = MlflowCallback("lost", dead, "run-1", saved, give_up_after=1)
 
@@ -103,10 +94,8 @@ def test_kept_metrics_are_logged_once_and_steps_already_logged_are_skipped(
 
 
 def test_training_goes_on_while_mlflow_is_down_and_its_history_is_complete(
-    local_ray, server, tiny_spec, tmp_path, monkeypatch
+    local_ray, server, tiny_spec, tmp_path
 ):
-    # the Train controller takes one report per poll, every 2 s by default: poll faster
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     max_iter = 80
     spec = tiny_spec(
         f"solver.max_iter={max_iter}",

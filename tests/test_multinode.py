@@ -2,11 +2,10 @@
 each a separate raylet with one CPU): a DDP run with one worker per node equals a one-worker
 run of the same global batch and seed, so the gradients really are synchronised across nodes."""
 
-import socket
-
 import pytest
 import ray
 import torch
+from conftest import free_port
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
@@ -20,12 +19,6 @@ from boxinst.platform.training import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

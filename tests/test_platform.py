@@ -4,7 +4,6 @@ a real local Ray cluster, tracked by a real MLflow server on 127.0.0.1."""
 import json
 
 import pytest
-import ray
 import yaml
 from conftest import write_tiny_spec
 from mlflow.tracking import MlflowClient
@@ -31,18 +30,10 @@ AXES = {
 }
 
 
-#: Credentials in the environment of the driver and (inherited) of every Ray worker.
+#: Credentials in the environment of the driver and (inherited) of every Ray worker
+#: (``RAY_ENV`` of the ``local_ray`` fixture).
 SECRETS = {"AWS_SECRET_ACCESS_KEY": "aws-secret-1234", "MLFLOW_TRACKING_PASSWORD": "mlflow-pw-5678"}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in SECRETS.items():
-            patch.setenv(name, value)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield
-        ray.shutdown()
+RAY_ENV = SECRETS
 
 
 @pytest.fixture(scope="module")

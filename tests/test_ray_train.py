@@ -1,20 +1,12 @@
 """Training on a real local Ray cluster: two DDP workers, checkpoints, resume by run name."""
 
 import pytest
-import ray
 import torch
 
 from boxinst.platform.ray_train import build_trainer, use_reserved_cpus
 from boxinst.platform.training import CHECKPOINT_FILE
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def spec(tiny_spec, max_iter):

@@ -1,10 +1,8 @@
 """MLflow tracking against a real server on 127.0.0.1: nesting, params, metrics, end states."""
 
-import socket
-
 import pytest
 import ray
-from conftest import write_tiny_spec
+from conftest import free_port, write_tiny_spec
 from mlflow.tracking import MlflowClient
 
 from boxinst.platform.cli import main
@@ -66,9 +64,7 @@ def test_failed_and_interrupted_runs_are_never_left_running(mlflow_server):
 def test_an_unreachable_server_is_named_before_ray_starts(command, tmp_path, capsys):
     """MLflow's client would retry for minutes; the command stops at once, clearly, with no
     Ray cluster started and nothing written to the run storage."""
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     spec = write_tiny_spec(tmp_path)
     argv = [command, str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "runs")]
     assert not ray.is_initialized()
