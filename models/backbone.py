@@ -8,10 +8,11 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-RESNET_DEPTHS = (18, 34, 50, 101)
+RESNET_DEPTHS = (10, 18, 34, 50, 101)
 FPN_STRIDES = (8, 16, 32, 64, 128)
 
 
@@ -22,13 +23,20 @@ class BackboneWeightsError(RuntimeError):
 def _load_resnet(depth: int, weights: str | None, norm: str) -> nn.Module:
     """A torchvision ResNet with ImageNet ``weights``: None (random init), a torchvision weights
     name (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ... fetched by torchvision's API into its cache), or
-    the path of a local state-dict file."""
+    the path of a local state-dict file. Depth 10 (torchvision's ResNet with one basic block per
+    stage, random init only) is the light backbone of the CPU quickstart."""
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"ResNet depth {depth} is not one of {RESNET_DEPTHS}")
     name = f"resnet{depth}"
     norm_layer = {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d}.get(norm)
     if norm_layer is None:
         raise ValueError(f"unknown backbone norm {norm!r}: expected 'FrozenBN' or 'BN'")
+    if depth == 10:
+        if weights is not None:
+            raise BackboneWeightsError(
+                "ResNet-10 has no ImageNet weights: it is for training from scratch"
+            )
+        return ResNet(BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
     builder = getattr(torchvision.models, name)
     if weights is None:
         return builder(weights=None, norm_layer=norm_layer)

@@ -74,6 +74,18 @@ def test_backbone_matches_torchvision_resnet_and_fpn_sizes():
     assert all(v.shape[1] == 64 for v in out.values())
 
 
+def test_resnet10_is_resnet18_with_one_block_per_stage():
+    backbone = build_backbone(10, norm="BN", trainable_layers=5, out_channels=64)
+    resnet18 = torchvision.models.resnet18()
+    assert [len(getattr(backbone.body, f"layer{i}")) for i in (1, 2, 3, 4)] == [1, 1, 1, 1]
+    second_blocks = sum(count(getattr(resnet18, f"layer{i}")[1]) for i in (1, 2, 3, 4))
+    assert count(backbone.body) == count(resnet18) - count(resnet18.fc) - second_blocks
+    out = backbone(torch.zeros(1, 3, 96, 128))
+    assert [tuple(v.shape[-2:]) for v in out.values()] == [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
+    with pytest.raises(BackboneWeightsError, match="no ImageNet weights"):
+        build_backbone(10, weights="DEFAULT")
+
+
 def test_backbone_freezes_stem_and_res2_by_default():
     backbone = build_backbone(18, norm="FrozenBN", trainable_layers=3)
     trainable = {n.split(".")[0] for n, p in backbone.body.named_parameters() if p.requires_grad}

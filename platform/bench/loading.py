@@ -1,10 +1,9 @@
 """``boxinst bench data``: images per second that the training input pipeline delivers per
 number of DataLoader workers: a generated COCO-format dataset read by
 :class:`~boxinst.platform.data.coco.CocoInstanceDataset` (PNG decoding, RLE mask decoding, every
-instance with its mask), the training transform (multi-scale resize and flip at the quickstart's
-sizes) and :func:`~boxinst.platform.data.collate.collate_instances`, as
-:mod:`boxinst.platform.training` builds them. One pass over the dataset per worker count,
-worker start-up included.
+instance with its mask), the training transform (multi-scale resize and flip) and
+:func:`~boxinst.platform.data.collate.collate_instances`, as :mod:`boxinst.platform.training`
+builds them. One pass over the dataset per worker count, worker start-up included.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.data.transforms import train_transform
 
-#: the training sizes of experiments/quickstart.yaml
+#: multi-scale training sizes for the generated shapes (128-192 px)
 SHORT_SIZES, MAX_SIZE = (128, 144, 160), 224
 
 
