@@ -23,6 +23,7 @@ from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.inference import load_trained, predict_files
 from boxinst.platform.jobs import submit
 from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
+from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.runs import SPEC_ARTIFACT, train_tracked
 from boxinst.platform.spec import SpecError, load_spec
 from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table
@@ -143,6 +144,8 @@ def _tracker(args: argparse.Namespace, experiment: str):
 
 def _start_ray(address: str | None) -> None:
     if not ray.is_initialized():
+        for name, value in WORKER_ENV.items():  # a local Ray's workers inherit it
+            os.environ.setdefault(name, value)
         ray.init(address=address, include_dashboard=False)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 from ray.job_submission import JobSubmissionClient
 
+from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import find_spec, load_spec, read_spec
 
 #: The repo's folders and the names they have inside the ``boxinst`` package.
@@ -60,7 +61,7 @@ def submit(
     spec = load_spec(spec_name, overrides)  # fails here, with the key named, if it is bad
     command = "sweep" if spec.sweep is not None and spec.sweep.axes else "train"
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
+    env = {**WORKER_ENV, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
     with tempfile.TemporaryDirectory() as folder:
         working_dir, modules = Path(folder) / "job", Path(folder) / "modules"
         working_dir.mkdir()

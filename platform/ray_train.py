@@ -105,6 +105,12 @@ def train_loop_per_worker(config: dict) -> None:
     _report(final, spec, state, evaluation)
 
 
+#: Environment for the Ray workers of a cluster this package starts (a local one, a submitted
+#: job's): Ray Train routes a worker's prints to its logger, past ``contextlib.redirect_stdout``,
+#: so pycocotools' progress prints (a dozen lines per evaluation) would flood the console.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
 def build_trainer(
     spec: TrainSpec,
     storage: str | Path,
