@@ -13,7 +13,9 @@ An MLflow server that cannot be reached does not stop training, and loses nothin
 buffered and retried. Each report's metrics join a pending buffer, and each report tries once,
 failing fast, to log the whole buffer; what fails stays pending for the next report. The final
 report keeps retrying until the buffer and the evaluation are in MLflow, up to a time limit;
-past it the pending metrics are saved to a JSON file and the run fails, naming that file.
+past it the pending metrics are saved to a JSON file and the run fails, naming that file. A
+worker that fails while metrics are pending gets them saved to that file too (after one more
+try), since the run may end there; the file goes once a later final report logs everything.
 """
 
 from __future__ import annotations
@@ -124,6 +126,20 @@ class MlflowCallback(UserCallback):
             if time.monotonic() >= deadline:
                 raise self._give_up(checkpoint) from error
             time.sleep(min(RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
+        self.unlogged_file.unlink(missing_ok=True)  # saved at a failure, logged since
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]):
+        """A worker failed, and the run may end with it: pending metrics get one more try, and
+        what the server still does not take is saved in ``unlogged_file``."""
+        if self._pending and self._attempt(self._flush) is not None:
+            logger.warning(
+                "a worker of run %s failed while MLflow at %s was unreachable: %d metric values "
+                "it has not taken are saved in %s",
+                self.run_id,
+                self.tracking_uri,
+                len(self._pending),
+                self._save_pending(),
+            )
 
     def _attempt(self, log: Callable[[], None]) -> Exception | None:
         """Run ``log`` failing fast; returns what the server raised, if it did. Warns once when
@@ -191,9 +207,8 @@ class MlflowCallback(UserCallback):
                 if (Path(folder) / name).is_dir():
                     self._client.log_artifacts(self.run_id, str(Path(folder) / name), name)
 
-    def _give_up(self, checkpoint: Checkpoint | None) -> MlflowUnreachableError:
-        """Save the pending metrics as JSON in ``unlogged_file`` and return the error that
-        says so."""
+    def _save_pending(self) -> Path:
+        """Write the pending metrics as JSON to ``unlogged_file``; returns its path."""
         path = self.unlogged_file
         path.parent.mkdir(parents=True, exist_ok=True)
         values = [
@@ -202,11 +217,16 @@ class MlflowCallback(UserCallback):
         ]
         unlogged = {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "metrics": values}
         path.write_text(json.dumps(unlogged, indent=1))
+        return path
+
+    def _give_up(self, checkpoint: Checkpoint | None) -> MlflowUnreachableError:
+        """Save the pending metrics in ``unlogged_file`` and return the error that says so."""
+        path = self._save_pending()
         evaluation = (
             f"; its evaluation files are in checkpoint {checkpoint.path}" if checkpoint else ""
         )
         return MlflowUnreachableError(
             f"MLflow at {self.tracking_uri} could not be reached for {self.give_up_after:g} s "
             f"after training ended: run {self.run_id} of experiment {self.experiment!r} lacks "
-            f"{len(values)} metric values, saved in {path}{evaluation}"
+            f"{len(self._pending)} metric values, saved in {path}{evaluation}"
         )

@@ -93,6 +93,39 @@ def test_kept_metrics_are_logged_once_and_steps_already_logged_are_skipped(
     assert len(messages) == 2 and "is back" in messages[1]
 
 
+def test_a_worker_failing_during_an_outage_leaves_the_unlogged_metrics_in_a_file(
+    server, tmp_path, caplog
+):
+    tracker = Tracker("failed-in-outage", server.uri)
+    run_id = tracker.start("failed-in-outage")
+    saved = tmp_path / "unlogged.json"
+    callback = MlflowCallback("failed-in-outage", server.uri, run_id, saved)
+
+    def report(step, **extra):
+        callback.after_report(None, [{"iteration": step, LOSS: float(step), **extra}], None)
+
+    report(1)
+    callback.after_exception(None, {0: RuntimeError("a worker died")})  # nothing pending
+    assert not saved.exists()
+    server.stop()
+    report(2)
+    report(3)
+    callback.after_exception(None, {0: RuntimeError("a worker died")})
+    unlogged = json.loads(saved.read_text())
+    assert unlogged["run_id"] == run_id
+    assert [(m["key"], m["step"]) for m in unlogged["metrics"]] == [(LOSS, 2), (LOSS, 3)]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name == "boxinst.platform.mlflow_callback"
+    ]
+    assert "a worker of run" in messages[-1] and str(saved) in messages[-1]
+
+    server.start()  # the failed workers were replaced, the run goes on and ends
+    report(4, final=True)
+    losses = MlflowClient(server.uri).get_metric_history(run_id, LOSS)
+    assert [m.step for m in losses] == [1, 2, 3, 4]
+    assert not saved.exists()  # everything it held is in MLflow now
+
+
 def test_training_goes_on_while_mlflow_is_down_and_its_history_is_complete(
     local_ray, server, tiny_spec, tmp_path
 ):
