@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -35,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from ray.train import Checkpoint
 from ray.train.v2.api.callback import UserCallback
 
+from boxinst.platform.environment import environment
 from boxinst.platform.metrics import (
     ARTIFACT_EVALUATION,
     ARTIFACT_OVERLAYS,
@@ -61,21 +60,6 @@ UNREACHABLE = (MlflowException, requests.RequestException)
 RETRY_PAUSE = 2.0
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def _fail_fast() -> Iterator[None]:
-    """MLflow requests inside the block are tried once, with a short timeout."""
-    saved = {key: os.environ.get(key) for key in FAIL_FAST}
-    os.environ.update(FAIL_FAST)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class MlflowUnreachableError(RuntimeError):
@@ -132,13 +116,14 @@ class MlflowCallback(UserCallback):
         """A worker failed, and the run may end with it: pending metrics get one more try, and
         what the server still does not take is saved in ``unlogged_file``."""
         if self._pending and self._attempt(self._flush) is not None:
+            path = self._save_pending()
             logger.warning(
                 "a worker of run %s failed while MLflow at %s was unreachable: %d metric values "
                 "it has not taken are saved in %s",
                 self.run_id,
                 self.tracking_uri,
                 len(self._pending),
-                self._save_pending(),
+                path,
             )
 
     def _attempt(self, log: Callable[[], None]) -> Exception | None:
@@ -146,7 +131,7 @@ class MlflowCallback(UserCallback):
         the server stops answering, and once when it is back."""
         pending = len(self._pending)
         try:
-            with _fail_fast():
+            with environment(FAIL_FAST):
                 log()
         except UNREACHABLE as error:
             if self._outage_since is None:

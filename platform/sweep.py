@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from boxinst.platform.environment import environment
 from boxinst.platform.metrics import (
     BBOX_AP,
     KIND_SWEEP,
@@ -62,7 +60,7 @@ TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 512 * 1024**2}
 #: and a resume runs it again (its Train run resumes from its final checkpoint: evaluated
 #: again, checkpointed again, its MLflow run reopened and ended again). 0 saves after every step
 #: of Tune's loop, so before the next trial starts. A value set in the environment is kept.
-TUNE_STATE_PERIOD = ("TUNE_GLOBAL_CHECKPOINT_S", "0")
+TUNE_STATE_PERIOD = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
 
 
 @dataclass(frozen=True)
@@ -152,21 +150,6 @@ def _tune_config(spec: TrainSpec) -> ray.tune.TuneConfig:
     )
 
 
-@contextmanager
-def _tune_state_saved_promptly() -> Iterator[None]:
-    """Tune's state saved as :data:`TUNE_STATE_PERIOD` says, in the block (Tune reads the
-    variable when a run starts), unless the environment sets its own period."""
-    variable, period = TUNE_STATE_PERIOD
-    if variable in os.environ:
-        yield
-        return
-    os.environ[variable] = period
-    try:
-        yield
-    finally:
-        os.environ.pop(variable, None)
-
-
 def latest_sweep(storage: str | Path, spec_name: str) -> str:
     """The name of the most recent sweep of ``spec_name`` under a local ``storage`` folder."""
     sweeps = sorted(Path(storage_uri(storage)).glob(f"{spec_name}-*-*/tuner.pkl"))
@@ -210,7 +193,7 @@ def run_sweep(
                 run_config=ray.tune.RunConfig(name=name, storage_path=context.storage),
             )
         try:
-            with _tune_state_saved_promptly():
+            with environment(TUNE_STATE_PERIOD, keep_set=True):
                 results = tuner.fit()
         except KeyboardInterrupt:
             tracker.end_unfinished_children(parent, "KILLED")

@@ -33,6 +33,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+#: The Ray Train controller takes one report per poll of its workers, every 2 s by default: a
+#: test that reports at every iteration would be paced by it. For a module's ``RAY_ENV``.
+FAST_TRAIN_POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
 @pytest.fixture(scope="module")
 def local_ray(request):
     """A Ray of the test module's own (``address="local"``: never a cluster that ``ray start``

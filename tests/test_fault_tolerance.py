@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_spec
+from conftest import FAST_TRAIN_POLL, write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray._private import state as ray_state
 
@@ -39,10 +39,7 @@ pytestmark = [
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 #: The actor class of Ray Train's (V2) workers.
 WORKER_CLASS = "RayTrainWorker"
-#: How often a Ray Train controller polls its workers (2 s by default). A worker's report waits
-#: for the next poll, so with a report at every iteration the default would set the pace.
-POLL_INTERVAL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-RAY_ENV = POLL_INTERVAL  # the local_ray fixture's (trials of a sweep resumed in-process too)
+RAY_ENV = FAST_TRAIN_POLL  # the local_ray fixture's (trials of a sweep resumed in-process too)
 LOSS = "train/loss"
 
 
@@ -249,8 +246,8 @@ def test_a_sweep_whose_driver_was_killed_resumes_where_it_stopped(
     options += ["--set", "resources={num_workers: 1, cpus_per_worker: 1}"]
     # a Ray of its own (not a cluster that `ray start` left here), Tune's state saved as the
     # platform sets it, not as this environment may
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TUNE_STATE_PERIOD[0])}
-    env.update(POLL_INTERVAL, PYTHONUNBUFFERED="1")  # its output (Tune's progress) as it comes
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *TUNE_STATE_PERIOD)}
+    env.update(FAST_TRAIN_POLL, PYTHONUNBUFFERED="1")  # its output (Tune's progress) as it comes
     boxinst = str(Path(sys.executable).parent / "boxinst")
     log = tmp_path / "driver.log"
     with log.open("w") as output:

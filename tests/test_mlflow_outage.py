@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import MlflowServer, free_port
+from conftest import FAST_TRAIN_POLL, MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
 from boxinst.platform.metrics import ARTIFACT_EVALUATION
@@ -19,9 +19,7 @@ from boxinst.platform.tracking import Tracker
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LOSS = "train/loss"
-#: The Train controller takes one report per poll, every 2 s by default: poll faster (the
-#: ``local_ray`` fixture's environment).
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+RAY_ENV = FAST_TRAIN_POLL  # the local_ray fixture's
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.data.transforms import train_transform
 
-#: multi-scale training sizes for the generated shapes (128-192 px)
+#: multi-scale training sizes for shapes generated at SynthConfig's default 128-192 px
 SHORT_SIZES, MAX_SIZE = (128, 144, 160), 224
 
 
