@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: quickstart demo test test-fast lint format browser
 
+# pytest runs with HOME set to an empty folder of its own, removed afterwards: no state in
+# anyone's home folder (a Ray token in ~/.ray, MLflow or torch caches) can make a test pass or
+# fail. The install step keeps the real HOME: pip's configuration and Python live there.
+in_empty_home = home=$$(mktemp -d) && HOME=$$home $(1); status=$$?; rm -rf $$home; exit $$status
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -28,10 +33,10 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(call in_empty_home,$(BIN)/python -m pytest)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(call in_empty_home,$(BIN)/python -m pytest -m "not slow")
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ from boxinst.platform.bench import cli as bench_cli
 from boxinst.platform.data import check, synth, voc
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.inference import load_trained, predict_files
-from boxinst.platform.jobs import submit
+from boxinst.platform.jobs import ClusterAuthError, submit
 from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
 from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.runs import SPEC_ARTIFACT, train_tracked
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (SpecError, FileNotFoundError, TrackingUnreachable) as error:
+    except (SpecError, FileNotFoundError, TrackingUnreachable, ClusterAuthError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

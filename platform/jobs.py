@@ -6,6 +6,10 @@ dependencies) and the spec, merged with its ``extends`` chain but not resolved (
 paths are the cluster's). It runs ``python -m boxinst.platform.cli train|sweep`` with the same
 overrides there; ``MLFLOW_TRACKING_URI`` is passed on when set, so the job logs to the team's
 server. The spec is validated here first: a bad key fails before anything is submitted.
+
+A cluster with token authentication (Ray's default since 2.59) that gets no token, or the
+wrong one, is answered with :class:`ClusterAuthError`: where Ray looks for the token and how to
+get the cluster's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
+from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
 from boxinst.platform.ray_train import WORKER_ENV
@@ -27,6 +32,25 @@ from boxinst.platform.spec import find_spec, load_spec, read_spec
 SOURCE = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("models", "losses", "platform", "dashboards", "experiments")
 SPEC_FILE = "spec.yaml"
+
+
+class ClusterAuthError(PermissionError):
+    """The Ray cluster asked for an authentication token that this client does not have."""
+
+    def __init__(self, address: str, rejected: bool):
+        what = "rejected this client's token" if rejected else "requires a token and none was sent"
+        super().__init__(
+            f"the Ray cluster at {address} {what}. Ray reads the token from RAY_AUTH_TOKEN "
+            "(the token itself), else RAY_AUTH_TOKEN_PATH (a file holding it), else "
+            "~/.ray/auth_token, and sends it when RAY_AUTH_MODE=token. Print the cluster's "
+            "token with `ray get-auth-token` on its head node, then, for example: "
+            "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... boxinst submit ..."
+        )
+
+
+def _is_rejection(error: AuthenticationError) -> bool:
+    """Ray's message for an HTTP 403 (a token was sent and is wrong); 401 means none was."""
+    return error.message.startswith("Authentication failed")
 
 
 def package_copy(folder: Path) -> Path:
@@ -67,11 +91,14 @@ def submit(
         working_dir.mkdir()
         merged = read_spec(find_spec(spec_name))
         (working_dir / SPEC_FILE).write_text(yaml.safe_dump(merged, sort_keys=False))
-        return JobSubmissionClient(address).submit_job(
-            entrypoint=job_entrypoint(command, overrides, storage, experiment),
-            runtime_env={
-                "working_dir": str(working_dir),
-                "py_modules": [str(package_copy(modules))],
-                "env_vars": env,
-            },
-        )
+        try:
+            return JobSubmissionClient(address).submit_job(
+                entrypoint=job_entrypoint(command, overrides, storage, experiment),
+                runtime_env={
+                    "working_dir": str(working_dir),
+                    "py_modules": [str(package_copy(modules))],
+                    "env_vars": env,
+                },
+            )
+        except AuthenticationError as error:
+            raise ClusterAuthError(address, _is_rejection(error)) from None

@@ -3,10 +3,13 @@
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +21,26 @@ import yaml
 from boxinst.platform.quick_train import small_model_config
 from boxinst.platform.spec import load_spec
 from boxinst.platform.training import prepare_data
+
+
+def write_ray_token(path: Path) -> Path:
+    """A new Ray authentication token (Ray's own format: 32 random bytes in hex) in ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.token_hex(32))
+    return path
+
+
+def pytest_configure(config):
+    """Every Ray the tests start uses a token of the test session's own: a local ``ray.init()``
+    turns token authentication on by default (Ray 2.59+) and would otherwise read, or create,
+    ``~/.ray/auth_token`` in the real home folder."""
+    folder = Path(tempfile.mkdtemp(prefix="boxinst-tests-ray-auth-"))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(write_ray_token(folder / "auth_token"))
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(Path(os.environ["RAY_AUTH_TOKEN_PATH"]).parent, ignore_errors=True)
 
 
 @pytest.fixture

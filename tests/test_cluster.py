@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, write_tiny_spec
+from conftest import free_port, write_ray_token, write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -58,35 +58,87 @@ def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
         time.sleep(0.5)
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A Ray cluster started as a user starts one, with its Jobs API on 127.0.0.1."""
-    dashboard = free_port()
-    command = [str(BIN / "ray"), "start", "--head", "--num-cpus=2", "--node-ip-address=127.0.0.1"]
-    command += [f"--port={free_port()}", "--include-dashboard=true"]
-    command += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
-    # started from the environment's shell, so a job's `python` is the environment's
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(command, check=True, capture_output=True, cwd=tmp_path, env=env)
-    yield f"http://127.0.0.1:{dashboard}"
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+class RayHead:
+    """A Ray cluster started as a user starts one (``ray start --head``), with token
+    authentication on and a token of its own, and its Jobs API on 127.0.0.1."""
+
+    def __init__(self, folder: Path):
+        self.token = write_ray_token(folder / "head_token").read_text()
+        self.address = f"http://127.0.0.1:{free_port()}"
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(folder / "head_token")}
+        command = [str(BIN / "ray"), "start", "--head", "--num-cpus=2"]
+        command += ["--node-ip-address=127.0.0.1", f"--port={free_port()}"]
+        command += ["--include-dashboard=true", "--dashboard-host=127.0.0.1"]
+        command += [f"--dashboard-port={self.address.rsplit(':', 1)[1]}"]
+        # started from the environment's shell, so a job's `python` is the environment's
+        path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+        env = {**os.environ, **self.auth, "PATH": path}
+        subprocess.run(command, check=True, capture_output=True, cwd=folder, env=env)
+
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a client that holds the head's token."""
+        return {**os.environ, **self.auth, **extra}
+
+    def jobs(self) -> JobSubmissionClient:
+        return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
+
+    def stop(self) -> None:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    head = RayHead(tmp_path_factory.mktemp("ray-head"))
+    yield head
+    head.stop()
+
+
+def run_submit(head: RayHead, spec: Path, env: dict[str, str], *options: str):
+    command = [str(BIN / "boxinst"), "submit", str(spec), "--address", head.address, *options]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def without_token(home: Path, **extra: str) -> dict[str, str]:
+    """A client environment with no Ray token anywhere: none in the environment, and a home
+    folder of its own without ``~/.ray``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    return {**env, "HOME": str(home), **extra}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("client", "says"),
+    [
+        ({}, "requires a token and none was sent"),  # a client that does not know of tokens
+        ({"RAY_AUTH_MODE": "token"}, "requires a token and none was sent"),
+        ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, "rejected this client's token"),
+    ],
+    ids=["auth-mode-unset", "auth-mode-token", "wrong-token"],
+)
+def test_submit_without_the_clusters_token_says_where_to_get_it(ray_head, tmp_path, client, says):
+    spec = write_tiny_spec(tmp_path)
+    submitted = run_submit(ray_head, spec, without_token(tmp_path, **client))
+    assert submitted.returncode == 2, submitted.stderr
+    assert "Traceback" not in submitted.stderr
+    message = submitted.stderr
+    assert ray_head.address in message and says in message
+    for source in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"):
+        assert source in message
+    assert "ray get-auth-token" in message
+    assert ray_head.jobs().list_jobs() == []  # nothing was submitted
 
 
 @pytest.mark.slow
 def test_submit_runs_a_spec_as_a_ray_job_tracked_in_mlflow(ray_head, mlflow_server, tmp_path):
     spec = write_tiny_spec(tmp_path)  # its data is generated on the cluster, from its synth key
-    # as a user reaches a cluster with token authentication (Ray's default since 2.59)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": mlflow_server}
-    command = [str(BIN / "boxinst"), "submit", str(spec), "--address", ray_head]
-    command += ["--storage", str(tmp_path / "runs"), "--set", "solver.max_iter=2"]
-    submitted = subprocess.run(
-        [*command, "--experiment", "submitted"], env=env, capture_output=True, text=True
-    )
+    # as a user reaches a cluster with token authentication: the head's token in a file
+    env = ray_head.client_env(MLFLOW_TRACKING_URI=mlflow_server)
+    options = ["--storage", str(tmp_path / "runs"), "--set", "solver.max_iter=2"]
+    submitted = run_submit(ray_head, spec, env, *options, "--experiment", "submitted")
     assert submitted.returncode == 0, submitted.stderr
     assert "submitted job" in submitted.stdout
 
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    jobs = JobSubmissionClient(ray_head, headers={"Authorization": f"Bearer {token}"})
+    jobs = ray_head.jobs()
     (job,) = jobs.list_jobs()
     deadline = time.monotonic() + 300
     while jobs.get_job_status(job.submission_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED}:
