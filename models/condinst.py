@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
-from boxinst.models.backbone import FPN_STRIDES, build_backbone
+from boxinst.models.backbone import FPN_STRIDES, build_backbone, check_backbone_options
 from boxinst.models.dynamic_mask_head import DynamicMaskHead
 from boxinst.models.fcos_head import FCOSHead
 from boxinst.models.layers import aligned_bilinear, feature_locations
@@ -30,7 +31,18 @@ class CondInstConfig:
     backbone_weights: str | None = None  # torchvision weights name, local file path, or None
     backbone_norm: str = "FrozenBN"
     trainable_backbone_layers: int = 3
+    # Deformable 3x3 convs (Table 4's ResNet-DCN; AdelaiDet's *_dcni3 configs: stages [3, 4, 5],
+    # interval 3, modulated): the ResNet stages (2..5: res2..res5) that get them, in every
+    # interval-th block of each from its first; DCNv2 when modulated, else DCNv1.
+    backbone_deform_stages: tuple[int, ...] = ()
+    backbone_deform_interval: int = 1
+    backbone_deform_modulated: bool = False
+    fpn: Literal["FPN", "BiFPN"] = "FPN"  # Table 4's BiFPN rows: BiFPN, fpn_channels 160
     fpn_channels: int = 256
+    bifpn_repeats: int = 6  # BiFPN cells: AdelaiDet's default, kept by its BoxInst configs
+    # The official BiFPN's SyncBN normalises over the global batch; BN here sees each worker's
+    # images, as the mask branch's (GN avoids that).
+    bifpn_norm: Literal["BN", "GN"] = "BN"
     head_convs: int = 4
     head_norm: str = "GN"
     prior_prob: float = 0.01
@@ -50,6 +62,15 @@ class CondInstConfig:
     mask_threshold: float = 0.5
     pixel_mean: tuple[float, float, float] = field(default=PIXEL_MEAN)
     pixel_std: tuple[float, float, float] = field(default=PIXEL_STD)
+
+    def __post_init__(self) -> None:
+        check_backbone_options(
+            self.trainable_backbone_layers,
+            self.backbone_deform_stages,
+            self.backbone_deform_interval,
+            self.fpn,
+            self.bifpn_repeats,
+        )
 
 
 @dataclass
@@ -87,6 +108,12 @@ class CondInst(nn.Module):
             config.backbone_norm,
             config.trainable_backbone_layers,
             config.fpn_channels,
+            config.backbone_deform_stages,
+            config.backbone_deform_interval,
+            config.backbone_deform_modulated,
+            config.fpn,
+            config.bifpn_repeats,
+            config.bifpn_norm,
         )
         self.mask_head = DynamicMaskHead(
             in_channels=config.mask_feature_channels,

@@ -30,6 +30,8 @@ COCO_RECIPES = {  # name: (backbone depth, max_iter, steps), Table 4 and §3.1
     "coco_r50_3x": (50, 270_000, [210_000, 250_000]),
     "coco_r101_1x": (101, 90_000, [60_000, 80_000]),
     "coco_r101_3x": (101, 270_000, [210_000, 250_000]),
+    "coco_r101_bifpn_3x": (101, 270_000, [210_000, 250_000]),
+    "coco_r101_bifpn_dcn_3x": (101, 270_000, [210_000, 250_000]),
 }
 PAPER_SPECS = {
     *COCO_RECIPES,

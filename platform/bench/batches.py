@@ -1,5 +1,6 @@
-"""The two model configurations the benchmarks run and a training batch for each: the small CPU
-model on generated shapes, and BoxInst's R-50 COCO model on COCO-sized random images."""
+"""The model configurations the benchmarks run and a training batch for each: the small CPU model
+on generated shapes, and BoxInst's COCO models (R-50-FPN, and the BiFPN and DCN backbones of the
+paper's Table 4) on COCO-sized random images."""
 
 from __future__ import annotations
 
@@ -15,17 +16,36 @@ from boxinst.platform.quick_train import (
     small_model_config,
 )
 
-#: name -> (model config, what it is)
+#: The model settings of the BiFPN and DCN rows of Table 4, as the shipped specs
+#: coco_r101_bifpn_3x and coco_r101_bifpn_dcn_3x set them (AdelaiDet's MS_R_101_BiFPN_3x and
+#: MS_R_101_BiFPN_dcni3_3x configs).
+BIFPN = {"fpn": "BiFPN", "fpn_channels": 160, "bifpn_repeats": 6}
+DCNI3 = {
+    "backbone_deform_stages": (3, 4, 5),
+    "backbone_deform_interval": 3,
+    "backbone_deform_modulated": True,
+}
+#: name -> (model config, what it is); ``bench train-step`` and ``bench inference`` run the
+#: first two unless ``--configs`` names others
 CONFIGS = {
     "small": (small_model_config(num_classes=len(CLASSES)), "ResNet-18 CPU model, shapes"),
     "coco": (CondInstConfig(), "R-50-FPN BoxInst COCO model"),
+    "coco_r50_bifpn": (CondInstConfig(**BIFPN), "R-50-BiFPN BoxInst COCO model"),
+    "coco_r101_bifpn": (
+        CondInstConfig(backbone_depth=101, **BIFPN),
+        "R-101-BiFPN BoxInst COCO model",
+    ),
+    "coco_r101_bifpn_dcn": (
+        CondInstConfig(backbone_depth=101, **BIFPN, **DCNI3),
+        "R-DCN-101-BiFPN BoxInst COCO model",
+    ),
 }
 #: the small model's image side (the committed results are at 160; the quickstart trains a
 #: lighter model, ResNet-10, on 96x96 images)
 SMALL_IMAGE_SIZE = 160
 COCO_IMAGE_SIZE = (800, 1333)  # the paper's test size and largest training size
 #: images per batch: the quickstart's and the paper's per-GPU batch (16 over 8 GPUs)
-BATCH_SIZES = {"small": 8, "coco": 2}
+BATCH_SIZES = {name: 8 if name == "small" else 2 for name in CONFIGS}
 #: the leading columns of a per-configuration table (:func:`config_columns`)
 CONFIG_HEADER = ("config", "model", "image", "batch")
 
@@ -68,7 +88,7 @@ def random_batch(
 
 def image_size(config: str, size: tuple[int, int], small_size: int) -> tuple[int, int]:
     """(h, w) of a configuration's images: square shapes of ``small_size`` for ``small``,
-    ``size`` for ``coco``."""
+    ``size`` for the COCO models."""
     return (small_size, small_size) if config == "small" else (size[0], size[1])
 
 

@@ -14,6 +14,7 @@ from types import ModuleType
 import torch
 
 from boxinst.platform.bench import coco_eval, inference, loading, mask_loss, train_step
+from boxinst.platform.bench.batches import CONFIGS
 from boxinst.platform.bench.harness import DEFAULT_OUT_DIR, environment, write_json
 
 #: command -> (module with ``run`` and ``summary``, help)
@@ -53,7 +54,13 @@ def _threads(parser: argparse.ArgumentParser) -> None:
 
 
 def _configs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--configs", nargs="+", choices=["small", "coco"], help="(both)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        help="(small coco; coco_r101_bifpn and coco_r101_bifpn_dcn are the BiFPN and DCN rows "
+        "of the paper's Table 4, coco_r50_bifpn AdelaiDet's R-50 BiFPN config)",
+    )
     parser.add_argument("--small-size", type=int, help="side of the small model's images (160)")
 
 

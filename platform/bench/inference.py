@@ -1,5 +1,6 @@
 """``boxinst bench inference``: ``CondInst.predict`` (forward, decoding, NMS, masks pasted at
-the input size and thresholded) of the small CPU model and of the R-50 COCO model.
+the input size and thresholded) of the small CPU model and of the R-50 COCO model (``--configs``:
+also the BiFPN and DCN models of :data:`~boxinst.platform.bench.batches.CONFIGS`).
 
 The models are randomly initialised, so the score threshold is set to 0: every image then
 yields the full ``detections_per_image`` (100) detections and masks, the load of a trained

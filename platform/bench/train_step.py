@@ -1,7 +1,8 @@
 """``boxinst bench train-step``: one training iteration as training runs it
 (:func:`boxinst.platform.training.optimisation_step`: all losses, backward, SGD step) of the
-small CPU model and of the R-50 COCO model, box-supervised (projection + pairwise terms, warm-up
-done).
+small CPU model and of the R-50 COCO model (``--configs``: also the BiFPN and DCN models of
+:data:`~boxinst.platform.bench.batches.CONFIGS`), box-supervised (projection + pairwise terms,
+warm-up done).
 
 On CUDA the step runs under autocast with a gradient scaler, as training does; on the CPU in
 float32. ``channels_last`` and ``torch.compile`` of the model are options, to measure them.
