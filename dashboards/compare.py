@@ -80,6 +80,13 @@ def compare(client: MlflowClient, targets: list[str], run_ids: list[str]) -> Com
     return Comparison(trials, shown, document)
 
 
+def supervision_gap(client: MlflowClient, sweep_id: str) -> tables.Table | None:
+    """The supervision-gap table of one sweep's trials, when it has one (see
+    :func:`tables.supervision_gap_table`): what ``boxinst sweep`` prints at its end."""
+    trials = runs.trials_frame(client, runs.select(client, [sweep_id], []))
+    return tables.supervision_gap_table(trials, tables.setting_keys(trials))
+
+
 def write(client: MlflowClient, comparison: Comparison, out: Path) -> list[str]:
     """Write the report to ``out`` and log it on each sweep's parent run; the run ids."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ def _row(table, source, label, match, segm=(), unseen=()) -> PaperRow:
 
 
 def _regime(masks: str, projection: bool, pairwise: bool) -> dict[str, object]:
-    return {"masks": masks, "projection": projection, "pairwise": pairwise}
+    """The paper's regimes: BoxInst's terms, never the GrabCut prior."""
+    return {"masks": masks, "projection": projection, "pairwise": pairwise, "prior": False}
 
 
 BOX_ONLY = _regime("none", True, True)

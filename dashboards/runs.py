@@ -23,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from boxinst.platform.metrics import (
     ARTIFACT_OVERLAYS,
     KIND_SWEEP,
+    TAG_COLLAPSE,
     TAG_KIND,
     TAG_REGIME,
     TAG_SPEC,
@@ -124,6 +125,7 @@ def mask_policy(params: dict[str, str]) -> str:
 def trials_frame(client: MlflowClient, trials: list[Run]) -> pd.DataFrame:
     """One row per trial: ``run_id``, ``run``, ``sweep``, ``sweep_id``, ``sweep_status``,
     ``experiment``, ``spec``, ``status``, ``regime``, ``masks``, ``projection``, ``pairwise``,
+    ``prior`` (false for runs from before the box prior existed),
     then its parameters (listed in ``frame.attrs["params"]``) and final metrics by name."""
     parents: dict[str, Run | None] = {}
     experiments: dict[str, str] = {}
@@ -159,6 +161,8 @@ def trials_frame(client: MlflowClient, trials: list[Run]) -> pd.DataFrame:
             masks=mask_policy(params),
             projection=parse_param(params.get("regime.projection", "")),
             pairwise=parse_param(params.get("regime.pairwise", "")),
+            prior=parse_param(params.get("regime.prior", "false" if params else "")),
+            collapse=tags.get(TAG_COLLAPSE, ""),
         )
         rows.append(row)
     frame = pd.DataFrame(rows)

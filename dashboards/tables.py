@@ -26,27 +26,37 @@ from boxinst.dashboards.runs import FINISHED
 from boxinst.platform.metrics import (
     AP_STATS,
     BBOX_AP,
+    BOX_LIKENESS_FILL,
     IMAGES_PER_SECOND,
+    MASK_IOU,
+    MASK_IOU_BOX,
     SEGM,
     box_as_mask_name,
     metric_name,
 )
 
 STD = " ±"  # suffix of the standard-deviation column of a metric
+GAP = "gap"  # the kind of the supervision-gap table
 OURS = "ours"
 TAU = "loss.pairwise_tau"
 SIZE, DILATION = "loss.pairwise_kernel_size", "loss.pairwise_dilation"
-REGIME_COLUMNS = ["regime", "masks", "projection", "pairwise"]
+REGIME_COLUMNS = ["regime", "masks", "projection", "pairwise", "prior"]
 HEADERS = {
     TAU: "τ",
     SIZE: "size",
     DILATION: "dilation",
     "projection": "L_proj",
     "pairwise": "L_pairwise",
+    "prior": "L_prior",
+    BOX_LIKENESS_FILL: "box fill",
+    MASK_IOU: "mask IoU",
+    MASK_IOU_BOX: "filled-box IoU",
     IMAGES_PER_SECOND: "images/s",
 }
 _GROUP_AP = re.compile(rf"{SEGM}_(.+)/AP")
 SEGM_STATS = [metric_name(SEGM, stat) for stat in AP_STATS]
+#: How box-like the masks are, and their IoU at the true locations (the collapse diagnostics).
+SHAPE_METRICS = [BOX_LIKENESS_FILL, MASK_IOU, MASK_IOU_BOX]
 
 
 @dataclass
@@ -104,7 +114,8 @@ def _order(value: object) -> tuple:
 def _regime_rank(trial: pd.Series) -> tuple:
     """Table 3's order: box-only regimes, partial masks, full masks; fewer box terms first."""
     masks = {"none": 0, "all": 2, "": 3}.get(trial["masks"], 1)
-    return (masks, _true(trial["projection"]), _true(trial["pairwise"]), str(trial["regime"]))
+    terms = (_true(trial[term]) for term in ("projection", "pairwise", "prior"))
+    return (masks, *terms, str(trial["regime"]))
 
 
 def _by_regime(identity: list[str]) -> Callable[[pd.Series], tuple]:
@@ -244,9 +255,68 @@ def semi_tables(trials: pd.DataFrame, keys: list[str]) -> list[Table]:
     return tables
 
 
+#: The columns of the supervision-gap table, beside the mean and worst seed of mask AP.
+FULL_AP, RATIO, WORST_RATIO = "fully supervised AP", "× full", "× full, worst seed"
+BOX_AS_MASK_AP, WORST_BOX_RATIO = "box-as-mask AP", "× box-as-mask, worst seed"
+WORST_SEED = "AP, worst seed"
+
+
+def supervision_gap_table(trials: pd.DataFrame, keys: list[str]) -> Table | None:
+    """How close box supervision comes to full supervision, setting by setting (a data style,
+    say): per box-supervised regime, its mask AP over the seeds (mean and worst), the fully
+    supervised mask AP of the same setting, their ratio (of the means, and the worst over
+    seeds paired by seed) and the ratio to the box-as-mask baseline of its own detections on
+    its worst seed. None unless the trials have a fully supervised regime and another."""
+    ap, baseline = SEGM_STATS[0], box_as_mask_name("AP")
+    if "seed" not in trials or ap not in trials:
+        return None
+    finished = trials[trials["status"] == FINISHED]
+    full = finished[finished["masks"] == "all"]
+    boxed = trials[trials["masks"] == "none"]
+    if full.empty or boxed.empty:
+        return None
+    settings = [k for k in keys if k != "regime"]
+    rows = []
+    for _, every in boxed.groupby(["regime", *settings], dropna=False, sort=False):
+        first, group = every.iloc[0], every[every["status"] == FINISHED]
+        same = full
+        for key in settings:
+            same = same[same[key].astype(str) == str(first[key])]
+        paired = group.merge(same[["seed", ap]], on="seed", suffixes=("", "_full"))
+        row = {key: first[key] for key in ["regime", *settings]}
+        row["trials"] = _statuses(every["status"])
+        values = {
+            ap: group[ap].mean(),
+            WORST_SEED: group[ap].min(),
+            FULL_AP: same[ap].mean(),
+            RATIO: group[ap].mean() / same[ap].mean() if len(same) else math.nan,
+            WORST_RATIO: (paired[ap] / paired[f"{ap}_full"]).min() if len(paired) else math.nan,
+            BOX_AS_MASK_AP: group[baseline].mean() if baseline in group else math.nan,
+            WORST_BOX_RATIO: (group[ap] / group[baseline]).min() if baseline in group else math.nan,
+        }
+        for column, value in values.items():
+            row[column], row[column + STD] = value, math.nan
+        row[ap + STD] = group[ap].std()
+        rows.append((first, row | {"source": OURS}))
+    rows.sort(key=lambda pair: (*(_order(pair[0].get(k)) for k in settings), _regime_rank(pair[0])))
+    identity = [*settings, "regime"]
+    metrics = [ap, WORST_SEED, FULL_AP, RATIO, WORST_RATIO, BOX_AS_MASK_AP, WORST_BOX_RATIO]
+    columns = [*identity, "trials", *(c for m in metrics for c in (m, m + STD)), "source"]
+    caption = (
+        "Box-supervised mask AP against full supervision on the same setting: mean ± std and "
+        "worst over seeds; ratios of the means and, paired by seed, the worst ratio to the fully "
+        "supervised trial and to the box-as-mask baseline of the trial's own detections."
+    )
+    frame = pd.DataFrame([row for _, row in rows], columns=columns)
+    return Table(GAP, "Box supervision against full supervision", caption, frame, identity, metrics)
+
+
 def paper_tables(trials: pd.DataFrame, keys: list[str]) -> list[Table]:
     """Every table the trials have the axes of (see module doc)."""
     tables = [regimes_table(trials, keys)]
+    gap = supervision_gap_table(trials, keys)
+    if gap is not None:
+        tables.append(gap)
     if TAU in keys:
         tables.append(
             _ablation(
@@ -262,9 +332,11 @@ def paper_tables(trials: pd.DataFrame, keys: list[str]) -> list[Table]:
 def trials_table(trials: pd.DataFrame, keys: list[str]) -> Table:
     """Every trial with its status; AP cells of unfinished trials are empty."""
     groups = sorted(c for c in trials.columns if _GROUP_AP.fullmatch(c))
-    wanted = [*SEGM_STATS[:3], BBOX_AP, box_as_mask_name("AP"), *groups, IMAGES_PER_SECOND]
+    wanted = [*SEGM_STATS[:3], BBOX_AP, box_as_mask_name("AP"), *groups, *SHAPE_METRICS]
+    wanted.append(IMAGES_PER_SECOND)
     metrics = [m for m in wanted if m in trials]
     identity = ["sweep", "run", "status", "regime", *(k for k in keys if k != "regime"), "seed"]
+    identity.append("collapse")  # the warning of a box-supervised trial whose masks collapsed
     frame = trials.reindex(columns=[*identity, *metrics]).assign(source=OURS)
     return Table(
         "trials", "Trials", "Every trial of the comparison and its state.", frame, identity, metrics

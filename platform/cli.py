@@ -16,9 +16,11 @@ from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
 
 from boxinst.dashboards import cli as compare_cli
+from boxinst.dashboards import compare
+from boxinst.dashboards import tables as compare_tables
 from boxinst.platform import evaluation, quick_train
 from boxinst.platform.bench import cli as bench_cli
-from boxinst.platform.data import check, synth, voc
+from boxinst.platform.data import check, colour_prior, synth, voc
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.inference import load_trained, predict_files
 from boxinst.platform.jobs import ClusterAuthError, submit
@@ -26,7 +28,7 @@ from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
 from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.runs import SPEC_ARTIFACT, train_tracked
 from boxinst.platform.spec import SpecError, load_spec
-from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table
+from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table, trial_specs
 from boxinst.platform.tracking import (
     Tracker,
     TrackingUnreachable,
@@ -105,6 +107,25 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_inspect(args: argparse.Namespace) -> int:
+    """The colour prior's statistics of a dataset: can the pairwise term work, with which τ."""
+    annotations, images = check.resolve(Path(args.path))
+    problems = check.check_dataset(annotations, Path(args.images) if args.images else images)
+    if problems:
+        print("\n".join(map(str, problems)), file=sys.stderr)
+        print(
+            f"error: {annotations} has problems; `boxinst data check` lists them", file=sys.stderr
+        )
+        return 2
+    settings = colour_prior.PairwiseSettings(args.kernel_size, args.dilation, args.theta)
+    stats = colour_prior.inspect_dataset(
+        annotations, Path(args.images) if args.images else images, tuple(args.tau),
+        args.max_images, settings,
+    )  # fmt: skip
+    print(colour_prior.format_report(stats, settings))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     """Score a COCO results file with the training's own evaluation code."""
     try:
@@ -170,13 +191,17 @@ def _train_spec(spec, args: argparse.Namespace, tracker) -> int:
 
 
 def _sweep_spec(spec, args: argparse.Namespace, tracker) -> int:
-    prepare_data(spec)
+    for trial in trial_specs(spec) if spec.sweep and spec.sweep.axes else [spec]:
+        prepare_data(trial)  # each trial's generated dataset (an axis may change it)
     _start_ray(args.address)
     resume = args.resume
     if resume == LATEST:
         resume = latest_sweep(args.storage, spec.name)
     parent, results = run_sweep(spec, args.storage, tracker, resume)
     print(f"\n{summary_table(spec, results)}")
+    gap = compare.supervision_gap(tracker.client, parent)
+    if gap is not None:
+        print(f"\n{gap.title}\n{compare_tables.formatted(gap).to_string(index=False)}")
     print(_closing_lines(tracker, tracker.client.get_run(parent).info.run_name))
     return 0
 
@@ -333,6 +358,26 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("path", help="annotations JSON, or a folder with annotations.json")
     check_cmd.add_argument("--images", help="image folder (default: images/ beside the JSON)")
     check_cmd.set_defaults(handler=_data_check)
+
+    inspect_cmd = data_commands.add_parser(
+        "inspect",
+        help="the colour prior of the pairwise term on a dataset: which τ, can it work at all",
+    )
+    inspect_cmd.add_argument("path", help="annotations JSON, or a folder with annotations.json")
+    inspect_cmd.add_argument("--images", help="image folder (default: images/ beside the JSON)")
+    inspect_cmd.add_argument(
+        "--tau",
+        type=float,
+        nargs="+",
+        default=list(colour_prior.TAUS),
+        help="thresholds to measure",
+    )
+    inspect_cmd.add_argument("--max-images", type=int, default=300, help="images drawn (300)")
+    loss_defaults = colour_prior.PairwiseSettings()
+    inspect_cmd.add_argument("--kernel-size", type=int, default=loss_defaults.kernel_size)
+    inspect_cmd.add_argument("--dilation", type=int, default=loss_defaults.dilation)
+    inspect_cmd.add_argument("--theta", type=float, default=loss_defaults.theta)
+    inspect_cmd.set_defaults(handler=_data_inspect)
 
     convert = data_commands.add_parser(
         "convert-voc", help="Pascal VOC 2012 + SBD to COCO format (train_aug 10,582 / val 1,449)"

@@ -17,7 +17,17 @@ IOU_TYPES = (SEGM, BBOX)
 # In the order of pycocotools' ``COCOeval.stats[:6]``.
 AP_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
-LOSSES = ("loss_cls", "loss_box", "loss_ctr", "loss_mask", "loss_proj", "loss_pairwise")
+LOSSES = (
+    "loss_cls",
+    "loss_box",
+    "loss_ctr",
+    "loss_mask",
+    "loss_proj",
+    "loss_pairwise",
+    "loss_region",
+    "loss_surround",
+    "loss_prior",
+)
 
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -64,6 +74,9 @@ TRAIN_LOSS = "train/loss"
     TRAIN_LOSS_MASK,
     TRAIN_LOSS_PROJ,
     TRAIN_LOSS_PAIRWISE,
+    TRAIN_LOSS_REGION,
+    TRAIN_LOSS_SURROUND,
+    TRAIN_LOSS_PRIOR,
 ) = (train_loss_name(loss) for loss in LOSSES)
 
 #: Training throughput and learning rate, reported with the losses.
@@ -84,6 +97,19 @@ def box_as_mask_name(stat: str) -> str:
     return f"{BOX_AS_MASK}/{stat}"
 
 
+#: Mean IoU with the true masks of the model's masks at the ground-truth instances' own
+#: locations, and of their filled boxes (:mod:`boxinst.platform.mask_quality`).
+MASK_IOU = "mask_iou/true_locations"
+MASK_IOU_BOX = "mask_iou/filled_boxes"
+
+#: How box-like the predicted masks are (:func:`boxinst.platform.evaluation.box_likeness`), and
+#: the same fill of the ground-truth masks, the reference (``box_likeness/true_fill``).
+BOX_LIKENESS_IOU = "box_likeness/iou"
+BOX_LIKENESS_FILL = "box_likeness/fill"
+BOX_LIKENESS_OUT = "box_likeness/outside"
+BOX_LIKENESS_TRUE_FILL = "box_likeness/true_fill"
+
+
 # --- MLflow layout: the tags and artifact folders the platform writes and dashboards read ------
 #
 # One MLflow experiment per spec name (unless the user names another); in it, one parent run per
@@ -100,6 +126,7 @@ TAG_AXES = "boxinst.axes"  # JSON object: a trial's sweep-axis values by dotted 
 TAG_SWEEP = "boxinst.sweep"  # a sweep's name: the Ray Tune experiment under the storage
 TAG_RAY_RUN = "boxinst.ray_run"  # the Ray Train run (name under the storage) a run trained in
 TAG_CHECKPOINT = "boxinst.checkpoint"  # URI of a trial's final checkpoint
+TAG_COLLAPSE = "boxinst.collapse"  # what is wrong with a box-supervised trial's final masks
 
 ARTIFACT_CONFIG = "config"  # config/spec.yaml: the resolved spec (trial) or sweep spec (parent)
 ARTIFACT_EVALUATION = "evaluation"  # evaluation/metrics.json: every final metric

@@ -20,6 +20,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
+from boxinst.platform.evaluation import collapse_warning
 from boxinst.platform.mlflow_callback import FINAL, ITERATION, RESUMED_FROM
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.training import (
@@ -72,6 +73,21 @@ def use_reserved_cpus(spec: TrainSpec) -> None:
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
 
 
+def box_supervised(spec: TrainSpec) -> bool:
+    """Whether some instances of the spec's regime learn their masks from boxes."""
+    regime = spec.regime
+    terms = regime.projection or regime.pairwise or regime.region or regime.prior
+    return regime.masks != "all" and terms
+
+
+def warn_of_collapse(spec: TrainSpec, metrics: dict, iteration: int) -> None:
+    """Print a warning when a box-supervised model's masks are collapsing (the diagnosis of
+    :func:`~boxinst.platform.evaluation.collapse_warning`)."""
+    warning = collapse_warning(metrics) if box_supervised(spec) and metrics else None
+    if warning:
+        print(f"warning: {spec.name} ({spec.regime.name}), iteration {iteration}: {warning}")
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The loop each Ray Train worker runs; resumes from the run's latest checkpoint if any."""
     spec = TrainSpec.model_validate(config["spec"])
@@ -96,10 +112,12 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {ITERATION: until}
         if every and until % every == 0 and _is_rank0():
             metrics.update(evaluate_model(spec, state.model, val_loader)[0])
+            warn_of_collapse(spec, metrics, until)
         checkpointed = until % spec.reporting.checkpoint_every == 0
         _report(metrics, spec, state if checkpointed else None)
 
     metrics, results = evaluate_model(spec, state.model, val_loader) if _is_rank0() else ({}, [])
+    warn_of_collapse(spec, metrics, state.iteration)
     evaluation = (metrics, results, val_set, spec.evaluation.overlays)
     final = {**metrics, ITERATION: state.iteration, FINAL: True, RESUMED_FROM: resumed_from}
     _report(final, spec, state, evaluation)

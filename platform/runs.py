@@ -13,16 +13,18 @@ from pathlib import Path
 import yaml
 from ray.train.v2.api.callback import UserCallback
 
+from boxinst.platform.evaluation import collapse_warning
 from boxinst.platform.metrics import (
     ARTIFACT_CONFIG,
     KIND_TRIAL,
+    TAG_COLLAPSE,
     TAG_KIND,
     TAG_RAY_RUN,
     TAG_REGIME,
     TAG_SPEC,
 )
 from boxinst.platform.mlflow_callback import MlflowCallback
-from boxinst.platform.ray_train import build_trainer, storage_uri
+from boxinst.platform.ray_train import box_supervised, build_trainer, storage_uri
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.tracking import Tracker
 
@@ -69,4 +71,7 @@ def train_tracked(
             unlogged_metrics_file(storage, ray_run, run_id),
         )
         result = build_trainer(spec, storage, ray_run, [logger, *callbacks]).fit()
+        warning = collapse_warning(result.metrics) if box_supervised(spec) else None
+        if warning:
+            tracker.client.set_tag(run_id, TAG_COLLAPSE, warning)
     return run_id, result.metrics

@@ -16,11 +16,22 @@ used for the instances without a mask. It is a preset name (``box_only``, ``proj
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass as validated
 
 from boxinst.models.condinst import CondInstConfig
@@ -44,10 +55,12 @@ SynthSpec = validated(SynthConfig, config=_STRICT)
 #: Named regimes: mask policy and box terms. Semi-supervised ones name their class group.
 REGIME_PRESETS: dict[str, dict[str, Any]] = {
     "box_only": {"masks": "none", "projection": True, "pairwise": True},
+    # BoxInst's terms and the dice to GrabCut's masks of the boxes (data/box_prior.py)
+    "box_only_grabcut": {"masks": "none", "projection": True, "pairwise": True, "prior": True},
     "projection_only": {"masks": "none", "projection": True, "pairwise": False},
     "fully_supervised": {"masks": "all", "projection": False, "pairwise": False},
 }
-_BOX_TERMS = ("use_projection", "use_pairwise")
+_BOX_TERMS = ("use_projection", "use_pairwise", "use_region", "use_prior")
 
 
 def expand_regime(regime: Any) -> Any:
@@ -74,6 +87,8 @@ class Regime(Spec):
     masks: str | dict[str, Any] = "none"
     projection: bool = True
     pairwise: bool = True
+    region: bool = False
+    prior: bool = False  # dice to GrabCut's masks of the boxes (data/box_prior.py)
 
     @field_validator("masks")
     @classmethod
@@ -96,9 +111,16 @@ class Split(Spec):
 
 
 class Data(Spec):
-    train: Split
-    val: Split
-    synth: SynthSpec | None = None  # generate the dataset there first if it is missing
+    """The training and evaluation splits. With ``synth`` the dataset is generated before the
+    run where it is missing: at ``train``/``val`` when given, else in a folder of ``generated``
+    named after the generator's settings, so that every generator setting (a sweep axis over
+    ``data.synth.style``, say) has a dataset of its own."""
+
+    train: Split | None = None
+    val: Split | None = None
+    synth: SynthSpec | None = None
+    generated: str = "data/generated"  # where the generated datasets without paths go
+    box_priors: str = "data/box_priors"  # where the GrabCut box priors are cached (regime.prior)
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
     train_short_sizes: list[int] = Field(default_factory=lambda: list(COCO_TRAIN_SHORT_SIZES))
@@ -106,6 +128,36 @@ class Data(Spec):
     test_short_size: int = COCO_TEST_SHORT_SIZE
     flip_prob: float = Field(0.5, ge=0, le=1)
     loader_workers: int = Field(2, ge=0)
+
+    #: The splits derived from ``synth`` (not given): left out of the resolved spec, so that a
+    #: trial that changes ``synth`` derives its own.
+    _derived: set[str] = PrivateAttr(default_factory=set)
+
+    @field_validator("box_priors", "generated")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        return str(Path(path).expanduser().absolute())
+
+    @model_validator(mode="after")
+    def _generated_paths(self) -> Data:
+        missing = [name for name in ("train", "val") if getattr(self, name) is None]
+        if missing and self.synth is None:
+            raise ValueError(
+                f"data.{missing[0]}: required (annotations and images), unless data.synth "
+                "generates the dataset"
+            )
+        if missing:
+            settings = json.dumps(dataclasses.asdict(self.synth), sort_keys=True)
+            digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+            root = Path(self.generated) / f"{self.synth.style}-{digest}"
+            self._derived = set(missing)
+            for name in missing:
+                split = {
+                    "annotations": root / name / "annotations.json",
+                    "images": root / name / "images",
+                }
+                setattr(self, name, Split(**{k: str(v) for k, v in split.items()}))
+        return self
 
 
 class Solver(Spec):
@@ -199,12 +251,18 @@ class TrainSpec(Spec):
     def as_dict(self) -> dict:
         """The resolved spec as plain JSON-able data, valid input of ``TrainSpec`` again (the
         box-term switches of the loss are left to the regime, as in a spec file)."""
-        return self.model_dump(mode="json", exclude={"loss": set(_BOX_TERMS)})
+        exclude = {"loss": set(_BOX_TERMS), "data": set(self.data._derived)}
+        return self.model_dump(mode="json", exclude=exclude)
 
     def loss_config(self) -> LossConfig:
         """The objective's loss settings, the box terms taken from the regime."""
         values = {k: getattr(self.loss, k) for k in LossConfig.__dataclass_fields__}
-        values.update(use_projection=self.regime.projection, use_pairwise=self.regime.pairwise)
+        values.update(
+            use_projection=self.regime.projection,
+            use_pairwise=self.regime.pairwise,
+            use_region=self.regime.region,
+            use_prior=self.regime.prior,
+        )
         return LossConfig(**values)
 
 

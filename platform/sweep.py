@@ -15,6 +15,7 @@ saved of the sweep's trials, which a sweep saves at every step of Tune's loop (s
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -88,6 +89,16 @@ def trial_spec(base: dict, axes: dict[str, Any], sweep: str = "sweep") -> TrainS
     for key, value in axes.items():
         data = set_key(data, key, value)
     return validate(data, f"{sweep} (trial {json.dumps(axes)})")
+
+
+def trial_specs(spec: TrainSpec) -> list[TrainSpec]:
+    """The spec of every point of the sweep's grid (each validated)."""
+    axes = spec.sweep.axes
+    base = spec_base(spec)
+    return [
+        trial_spec(base, dict(zip(axes, values, strict=True)), spec.name)
+        for values in itertools.product(*axes.values())
+    ]
 
 
 def trial_name(spec: TrainSpec, axes: dict[str, Any]) -> str:

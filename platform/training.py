@@ -10,6 +10,7 @@ leaves the previous one whole, and it loads with ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,22 +22,27 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from boxinst.models.condinst import CondInst
+from boxinst.platform.data.box_prior import ensure_priors, load_priors
 from boxinst.platform.data.coco import CocoInstanceDataset
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.policy import ClassMasks, parse_mask_policy
-from boxinst.platform.data.synth import synthesize
+from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.data.transforms import eval_transform, train_transform
 from boxinst.platform.evaluation import (
     box_as_mask,
+    box_likeness,
     evaluate,
     predictions_to_coco_results,
     save_results,
+    true_box_fill,
 )
+from boxinst.platform.mask_quality import MaskIoU
 from boxinst.platform.metrics import (
     AP_STATS,
     ARTIFACT_EVALUATION,
     ARTIFACT_OVERLAYS,
     ARTIFACT_PREDICTIONS,
+    BOX_LIKENESS_TRUE_FILL,
     IMAGES_PER_SECOND,
     LEARNING_RATE,
     SEGM,
@@ -49,21 +55,60 @@ from boxinst.platform.metrics import (
 from boxinst.platform.objective import LossConfig, compute_losses
 from boxinst.platform.overlays import write_overlays
 from boxinst.platform.solver import build_optimizer, build_scheduler
-from boxinst.platform.spec import TrainSpec
+from boxinst.platform.spec import SpecError, TrainSpec
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def prepare_data(spec: TrainSpec) -> None:
-    """Generate the spec's synthetic dataset where it is asked for and missing."""
+    """Before a run starts: its generated dataset, and the box priors of its training set when
+    the regime learns from them (computed once, on every CPU of this machine)."""
+    generate_data(spec)
+    if spec.regime.prior:
+        box_prior_file(spec)
+
+
+def generate_data(spec: TrainSpec) -> None:
+    """Generate the spec's synthetic dataset where it is asked for and missing; one that is
+    there but was generated with other settings is refused (training on it would measure
+    another dataset than the spec says)."""
     synth = spec.data.synth
-    if synth is not None and not Path(spec.data.train.annotations).is_file():
-        synthesize(Path(spec.data.train.annotations).parents[1], synth)
+    if synth is None:
+        return
+    annotations = Path(spec.data.train.annotations)
+    if not annotations.is_file():
+        synthesize(annotations.parents[1], synth)
+        return
+    wanted = json.loads(json.dumps(dataclasses.asdict(synth)))
+    try:
+        found = json.loads(annotations.read_text()).get("info", {}).get("synth_config")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    # a setting added to the generator after the dataset was made counts at its default
+    defaults = json.loads(json.dumps(dataclasses.asdict(SynthConfig())))
+    found = {**defaults, **found} if isinstance(found, dict) else {}
+    differ = sorted(k for k in wanted if found.get(k) != wanted[k])
+    if differ:
+        raise SpecError(
+            f"data.synth: {annotations.parents[1]} holds a dataset generated with other settings "
+            f"({', '.join(differ)} differ); remove it to generate it anew, or leave "
+            "data.train and data.val unset to generate one in a folder of its own"
+        )
+
+
+def box_prior_file(spec: TrainSpec) -> Path:
+    """The training set's GrabCut box priors, computed into ``data.box_priors`` if missing."""
+    data = spec.data
+    return ensure_priors(
+        Path(data.train.annotations), Path(data.train.images), Path(data.box_priors)
+    )
 
 
 def build_datasets(spec: TrainSpec) -> tuple[CocoInstanceDataset, CocoInstanceDataset]:
-    """Training set under the regime's mask policy, and the evaluation set (all masks)."""
+    """Training set under the regime's mask policy (with its box priors when the regime learns
+    from them), and the evaluation set (all masks)."""
     data = spec.data
+    priors = load_priors(box_prior_file(spec)) if spec.regime.prior else None
     train = CocoInstanceDataset(
         data.train.annotations,
         data.train.images,
@@ -72,6 +117,7 @@ def build_datasets(spec: TrainSpec) -> tuple[CocoInstanceDataset, CocoInstanceDa
         transform=train_transform(data.train_short_sizes, data.max_size, data.flip_prob, spec.seed),
         ignore_bottom=data.ignore_bottom,
         skip_bad_records=data.skip_bad_records,
+        box_priors=priors,
     )
     return train, build_val_dataset(spec)
 
@@ -360,33 +406,45 @@ def train_steps(
 
 
 @torch.no_grad()
-def predict_dataset(model: CondInst, loader: DataLoader) -> list[dict]:
-    """COCO results of the model on every image of an evaluation loader."""
+def predict_dataset(
+    model: CondInst, loader: DataLoader, loss_cfg: LossConfig
+) -> tuple[list[dict], MaskIoU]:
+    """COCO results of the model on every image of an evaluation loader, and the IoU of its
+    masks at the true instances' locations (:mod:`boxinst.platform.mask_quality`)."""
     device = next(model.parameters()).device
     dataset: CocoInstanceDataset = loader.dataset
     results: list[dict] = []
+    quality = MaskIoU()
+    was_training = model.training
+    model.eval()
     for images, targets in loader:
-        outputs = model.predict(
-            images.to(device),
-            [t["image_size"] for t in targets],
-            [t["original_size"] for t in targets],
+        images, targets = batch_to_device(images, targets, device)
+        outputs = model(images)
+        detections = model.detect(
+            outputs, [t["image_size"] for t in targets], [t["original_size"] for t in targets]
         )
         results += predictions_to_coco_results(
-            outputs, [t["image_id"] for t in targets], dataset.category_ids
+            detections, [t["image_id"] for t in targets], dataset.category_ids
         )
-    return results
+        quality.add(model, outputs, targets, loss_cfg)
+    model.train(was_training)
+    return results, quality
 
 
 def evaluate_model(
     spec: TrainSpec, model: CondInst, loader: DataLoader
 ) -> tuple[dict[str, float], list[dict]]:
-    """Mask and box AP on the evaluation set, overall and per class group, and the box-as-mask
-    baseline of the same detections (the paper's Table 3); with the COCO results scored."""
+    """Mask and box AP on the evaluation set, overall and per class group, the box-as-mask
+    baseline of the same detections (the paper's Table 3), how box-like the masks are, and
+    the masks' IoU at the true locations; with the COCO results scored."""
     dataset: CocoInstanceDataset = loader.dataset
-    results = predict_dataset(model, loader)
+    results, quality = predict_dataset(model, loader, spec.loss_config())
     metrics = evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
     baseline = evaluate(dataset.coco, box_as_mask(results, dataset.coco))
     metrics.update({box_as_mask_name(stat): baseline[metric_name(SEGM, stat)] for stat in AP_STATS})
+    metrics.update(box_likeness(results))
+    metrics[BOX_LIKENESS_TRUE_FILL] = true_box_fill(dataset.coco)
+    metrics.update(quality.metrics())
     return metrics, results
 
 

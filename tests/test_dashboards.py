@@ -8,6 +8,7 @@ import base64
 import io
 import itertools
 import json
+import math
 import re
 import shutil
 import statistics
@@ -215,7 +216,34 @@ def test_semi_supervised_table_has_all_class_and_unseen_ap(comparison, sweep):
 
 def test_no_table_for_an_axis_the_runs_do_not_have(comparison):
     kinds = [t.kind for t in comparison.tables]
-    assert kinds == ["sweeps", "trials", "regimes", "tau", "semi"]
+    assert kinds == ["sweeps", "trials", "regimes", "gap", "tau", "semi"]
+
+
+def test_supervision_gap_pairs_box_supervision_with_full_supervision_by_seed(sweep, comparison):
+    rows = {
+        (r["regime"], r["loss.pairwise_tau"]): r for _, r in table(comparison, "gap").iterrows()
+    }
+    assert set(rows) == {("box_only", 0.1), ("box_only", 0.2), ("projection_only", 0.1)}
+    ap, baseline = "segm/AP", f"{BOX_AS_MASK}/AP"
+
+    def finished(regime, tau=0.1):
+        trials = [t for t in sweep["trials"] if (t["regime"], t["tau"]) == (regime, tau)]
+        return {t["seed"]: t["metrics"] for t in trials if t["status"] == "FINISHED"}
+
+    full = finished("fully_supervised")
+    for regime in ("box_only", "projection_only"):
+        mine, row = finished(regime), rows[(regime, 0.1)]
+        assert row[ap] == pytest.approx(statistics.mean(m[ap] for m in mine.values()))
+        assert row[tables.WORST_SEED] == pytest.approx(min(m[ap] for m in mine.values()))
+        full_mean = statistics.mean(m[ap] for m in full.values())
+        assert row[tables.FULL_AP] == pytest.approx(full_mean)
+        assert row[tables.RATIO] == pytest.approx(row[ap] / full_mean)
+        ratios = [mine[seed][ap] / full[seed][ap] for seed in mine]  # seed by seed
+        assert row[tables.WORST_RATIO] == pytest.approx(min(ratios))
+        worst = min(m[ap] / m[baseline] for m in mine.values())
+        assert row[tables.WORST_BOX_RATIO] == pytest.approx(worst)
+    assert math.isnan(rows[("box_only", 0.2)][tables.FULL_AP])  # no full supervision at τ 0.2
+    assert "1 failed" in rows[("projection_only", 0.1)]["trials"]
 
 
 def test_paper_numbers_sit_beside_ours_marked_as_the_papers(comparison):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,19 @@ def decode_segmentation(segmentation: list | dict, height: int, width: int) -> n
     return mask_utils.decode(rle)
 
 
+def read_rgb(path: Path, where: str = "") -> np.ndarray:
+    """An image file as ``[H, W, 3]`` uint8 RGB, its EXIF orientation applied; an error naming
+    the file (and ``where``, the record it belongs to) if it cannot be read."""
+    where = f" ({where})" if where else ""
+    try:
+        with Image.open(path) as file:
+            return np.asarray(ImageOps.exif_transpose(file).convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path}{where} does not exist") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"image file {path}{where} cannot be read: {error}") from None
+
+
 class CocoInstanceDataset(Dataset):
     """Samples ``(image, target)`` of a COCO-format dataset.
 
@@ -125,6 +138,7 @@ class CocoInstanceDataset(Dataset):
         transform: Transform | None = None,
         ignore_bottom: int = 0,
         skip_bad_records: bool = False,
+        box_priors: Mapping[int, dict | None] | None = None,
     ):
         if (
             isinstance(ignore_bottom, bool)
@@ -138,6 +152,7 @@ class CocoInstanceDataset(Dataset):
         self.mask_policy = parse_mask_policy(mask_policy)
         self.transform = transform
         self.ignore_bottom = ignore_bottom
+        self.box_priors = box_priors
         self.coco, self.skipped = self._load(skip_bad_records)
 
         categories = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
@@ -223,13 +238,7 @@ class CocoInstanceDataset(Dataset):
         """``[H, W, 3]`` uint8 RGB, EXIF orientation applied, checked against the record's size."""
         path = self.image_dir / record.file_name
         where = f"image id {record.image_id} of {self.annotation_file}"
-        try:
-            with Image.open(path) as file:
-                image = np.asarray(ImageOps.exif_transpose(file).convert("RGB"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} ({where}) does not exist") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"image file {path} ({where}) cannot be read: {error}") from None
+        image = read_rgb(path, where)
         if image.shape[:2] != (record.height, record.width):
             raise ValueError(
                 f"image file {path} ({where}) is {image.shape[0]}x{image.shape[1]} (HxW), "
@@ -252,6 +261,18 @@ class CocoInstanceDataset(Dataset):
                 ) from None
         return masks
 
+    def _priors(self, record: _ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+        """``[G, H, W]`` uint8 box-prior masks of the instances without ``has_mask`` that have
+        one (zeros for the others), and ``[G]`` bool: which have one."""
+        masks = np.zeros((len(record.annotations), record.height, record.width), np.uint8)
+        has_prior = np.zeros(len(record.annotations), bool)
+        for i, annotation in enumerate(record.annotations):
+            rle = None if record.has_mask[i] else self.box_priors.get(annotation["id"])
+            if rle is not None:
+                masks[i] = mask_utils.decode(rle)
+                has_prior[i] = True
+        return masks, has_prior
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self._records[index]
         xywh = np.array([a["bbox"] for a in record.annotations], np.float32).reshape(-1, 4)
@@ -266,6 +287,8 @@ class CocoInstanceDataset(Dataset):
             ),
             "has_mask": record.has_mask,
         }
+        if self.box_priors is not None:
+            sample["prior_masks"], sample["has_prior"] = self._priors(record)
         if self.transform is not None:
             sample = self.transform(sample)
         height, width = sample["image"].shape[:2]
@@ -283,4 +306,7 @@ class CocoInstanceDataset(Dataset):
             "image_id": record.image_id,
             "original_size": (record.height, record.width),
         }
+        if self.box_priors is not None:
+            target["prior_masks"] = torch.from_numpy(np.ascontiguousarray(sample["prior_masks"]))
+            target["has_prior"] = torch.from_numpy(sample["has_prior"].astype(bool))
         return image, target

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from boxinst.models.condinst import SIZE_DIVISIBILITY
+from boxinst.platform.data.transforms import MASK_KEYS
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -27,8 +28,9 @@ def collate_instances(
     of :class:`boxinst.platform.data.coco.CocoInstanceDataset`; use as a DataLoader's
     ``collate_fn``.
 
-    Padding is zeros, in the images and the masks; ``image_size`` in each target keeps the size
-    of the image inside the padding, and every other key of a target is passed through.
+    Padding is zeros, in the images and the masks (and the box priors' masks); ``image_size``
+    in each target keeps the size of the image inside the padding, and every other key of a
+    target is passed through.
     """
     height = _round_up(max(image.shape[1] for image, _ in samples), SIZE_DIVISIBILITY)
     width = _round_up(max(image.shape[2] for image, _ in samples), SIZE_DIVISIBILITY)
@@ -37,7 +39,10 @@ def collate_instances(
     for i, (image, target) in enumerate(samples):
         h, w = image.shape[1:]
         images[i, :, :h, :w] = image
-        masks = target["masks"].new_zeros(len(target["masks"]), height, width)
-        masks[:, :h, :w] = target["masks"]
-        targets.append({**target, "masks": masks})
+        padded = {}
+        for key in MASK_KEYS:
+            if key in target:
+                padded[key] = target[key].new_zeros(len(target[key]), height, width)
+                padded[key][:, :h, :w] = target[key]
+        targets.append({**target, **padded})
     return images, targets

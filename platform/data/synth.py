@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from boxinst.platform.data.shapes import Scene, render_scene
+from boxinst.platform.data.shapes import STYLES, Scene, render_scene
 from boxinst.platform.evaluation import box_as_mask, encode_masks, evaluate
 from boxinst.platform.metrics import SEGM_AP
 
@@ -37,8 +37,11 @@ class SynthConfig:
     max_objects: int = 4
     object_size: tuple[float, float] = (0.12, 0.35)  # radius / the image's shorter side
     low_contrast: float = 0.15
+    style: str = "flat"  # how scenes are painted: a name of shapes.STYLES
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"style {self.style!r}: the styles are {list(STYLES)}")
         low, high = self.object_size
         if not 0 < low <= high <= 0.5:
             raise ValueError(
@@ -69,6 +72,7 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig) -> Scene:
         max_objects=cfg.max_objects,
         size_range=cfg.object_size,
         low_contrast=cfg.low_contrast,
+        style=STYLES[cfg.style],
     )
 
 

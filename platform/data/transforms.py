@@ -1,9 +1,10 @@
 """Geometric augmentation of an image with its instances (albumentations), kept aligned.
 
 A sample is a dict: ``image`` [H, W, 3] uint8 RGB, ``boxes`` [G, 4] float32 xyxy in pixels,
-``masks`` [G, H, W] uint8, and any number of other per-instance arrays of length G (``labels``,
-``has_mask``, ...). A transform returns the same keys; an instance whose box becomes empty is
-dropped from every per-instance array and from ``masks`` together.
+``masks`` [G, H, W] uint8 (and, when the dataset has box priors, ``prior_masks`` alike), and any
+number of other per-instance arrays of length G (``labels``, ``has_mask``, ...). A transform
+returns the same keys; an instance whose box becomes empty is dropped from every per-instance
+array and from the masks together.
 
 No normalisation happens here: CondInst takes RGB in [0, 255] and normalises itself.
 """
@@ -24,6 +25,8 @@ COCO_TEST_SHORT_SIZE = 800
 COCO_MAX_SIZE = 1333
 
 _INSTANCE = "instance"  # label field carrying each box's row, to select the surviving rows
+#: The per-instance ``[G, H, W]`` maps of a sample, transformed like the image.
+MASK_KEYS = ("masks", "prior_masks")
 
 
 class ResizeShortestEdge(A.SmallestMaxSize):
@@ -88,11 +91,13 @@ class InstanceTransform:
 
     def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._reseed_in_worker()
-        masks = sample["masks"]
+        mask_keys = [key for key in MASK_KEYS if key in sample]
+        count = len(sample["masks"])
+        masks = np.concatenate([sample[key] for key in mask_keys])  # one pass for all of them
         inputs = {
             "image": sample["image"],
             "bboxes": sample["boxes"].reshape(-1, 4),
-            _INSTANCE: np.arange(len(masks)),
+            _INSTANCE: np.arange(count),
         }
         if len(masks):  # albumentations cannot stack an empty list of masks
             inputs["masks"] = masks
@@ -102,13 +107,14 @@ class InstanceTransform:
         result = {
             key: value[kept]
             for key, value in sample.items()
-            if key not in ("image", "boxes", "masks")
+            if key not in ("image", "boxes", *mask_keys)
         }
         result["image"] = out["image"]
         result["boxes"] = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        result["masks"] = (
-            np.asarray(out["masks"])[kept] if len(masks) else np.zeros((0, height, width), np.uint8)
-        )
+        transformed = np.asarray(out["masks"]) if len(masks) else masks
+        for index, key in enumerate(mask_keys):
+            part = transformed[index * count : (index + 1) * count]
+            result[key] = part[kept] if count else np.zeros((0, height, width), np.uint8)
         return result
 
 

@@ -1,0 +1,137 @@
+"""GrabCut box priors: better than the boxes, failures left out, cached by content, carried
+through the data pipeline with their instances, and learnt from by the dice term."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from boxinst.losses.mask import dice_loss, mixed_mask_loss
+from boxinst.platform.data.box_prior import (
+    PriorSettings,
+    ensure_priors,
+    load_priors,
+    prior_file,
+    reaches_across,
+)
+from boxinst.platform.data.coco import CocoInstanceDataset
+from boxinst.platform.data.collate import collate_instances
+from boxinst.platform.data.synth import SynthConfig, synthesize
+from boxinst.platform.data.transforms import train_transform
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A few generated scenes (flat colours: GrabCut's easy case) and their priors."""
+    root = tmp_path_factory.mktemp("priors")
+    synthesize(root, SynthConfig(seed=4, train_images=10, val_images=1, min_size=96, max_size=96))
+    train = root / "train"
+    path = ensure_priors(train / "annotations.json", train / "images", root / "cache", workers=1)
+    return train, path
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_a_mask_must_reach_across_its_box():
+    mask = np.zeros((20, 20), bool)
+    box = np.array([2.0, 2.0, 12.0, 12.0])
+    assert not reaches_across(mask, box, 0.8)  # GrabCut found nothing
+    mask[3:6, 3:6] = True
+    assert not reaches_across(mask, box, 0.8)  # a small stray blob
+    mask[2:12, 6] = True
+    mask[6, 2:12] = True
+    assert reaches_across(mask, box, 0.8)  # a cross spans every row and column of the box
+    assert not reaches_across(mask, np.array([15.0, 15.0, 15.0, 15.0]), 0.8)  # an empty box
+
+
+def test_priors_fit_the_shapes_better_than_their_boxes(shapes):
+    train, path = shapes
+    coco = json.loads((train / "annotations.json").read_text())
+    priors = load_priors(path)
+    assert set(priors) == {a["id"] for a in coco["annotations"]}
+    kept, prior_ious, box_ious = 0, [], []
+    for annotation in coco["annotations"]:
+        truth = mask_utils.decode(annotation["segmentation"]).astype(bool)
+        x, y, w, h = (int(v) for v in annotation["bbox"])
+        box = np.zeros_like(truth)
+        box[y : y + h, x : x + w] = True
+        box_ious.append(iou(box, truth))
+        if priors[annotation["id"]] is not None:
+            kept += 1
+            prior_ious.append(iou(mask_utils.decode(priors[annotation["id"]]).astype(bool), truth))
+    assert kept >= 0.8 * len(coco["annotations"])
+    assert np.mean(prior_ious) > np.mean(box_ious) + 0.25  # boxes: about 0.5, priors: about 0.9
+
+
+def test_prior_files_are_named_by_content_and_settings(shapes, tmp_path):
+    train, path = shapes
+    annotations = train / "annotations.json"
+    assert ensure_priors(annotations, train / "images", path.parent) == path  # found, not redone
+    assert prior_file(annotations, path.parent, PriorSettings(iterations=3)) != path
+    changed = tmp_path / "annotations.json"
+    data = json.loads(annotations.read_text())
+    data["annotations"] = data["annotations"][1:]
+    changed.write_text(json.dumps(data))
+    assert prior_file(changed, path.parent, PriorSettings()).name != path.name
+
+
+def test_priors_follow_their_instances_through_flips_and_resizes(shapes):
+    train, path = shapes
+    priors = load_priors(path)
+    transform = lambda: train_transform((80, 112), 200, flip_prob=1.0, seed=0)  # noqa: E731
+    with_truth = CocoInstanceDataset(
+        train / "annotations.json", train / "images", mask_policy="all", transform=transform()
+    )
+    boxed = CocoInstanceDataset(
+        train / "annotations.json", train / "images", mask_policy="none", transform=transform(),
+        box_priors=priors,
+    )  # fmt: skip
+    checked = 0
+    for index in range(len(boxed)):
+        with_truth.transform.reseed(index)
+        boxed.transform.reseed(index)
+        _, truth = with_truth[index]
+        _, target = boxed[index]
+        assert target["prior_masks"].shape == truth["masks"].shape
+        pairs = zip(target["prior_masks"], truth["masks"], target["has_prior"], strict=True)
+        for prior, mask, has in pairs:
+            if has:
+                assert iou(prior.numpy() > 0, mask.numpy() > 0) > 0.5
+                checked += 1
+            else:
+                assert prior.sum() == 0
+    assert checked >= 10
+    images, targets = collate_instances([boxed[0], boxed[1]])
+    for target in targets:  # padded like the masks
+        assert target["prior_masks"].shape[-2:] == images.shape[-2:]
+
+
+def test_instances_with_their_mask_get_no_prior(shapes):
+    train, path = shapes
+    dataset = CocoInstanceDataset(
+        train / "annotations.json", train / "images", mask_policy="all",
+        box_priors=load_priors(path),
+    )  # fmt: skip
+    _, target = dataset[0]
+    assert not target["has_prior"].any() and target["prior_masks"].sum() == 0
+
+
+def test_prior_term_is_the_dice_of_the_box_supervised_instances_with_a_prior():
+    logits = torch.randn(3, 6, 6)
+    priors = (torch.rand(3, 6, 6) > 0.5).to(torch.uint8)
+    boxes = torch.ones(3, 6, 6)
+    has_mask = torch.tensor([True, False, False])
+    has_prior = torch.tensor([False, True, False])  # the third one's prior was left out
+    losses = mixed_mask_loss(
+        logits, has_mask, priors, boxes, None, None, use_projection=False, use_pairwise=False,
+        prior_masks=priors, has_prior=has_prior, prior_weight=0.5,
+    )  # fmt: skip
+    expected = 0.5 * dice_loss(logits[1:2].sigmoid(), priors[1:2]).sum() / 3  # 3 supervised
+    torch.testing.assert_close(losses["loss_prior"], expected)
+    torch.testing.assert_close(
+        losses["loss_mask"], dice_loss(logits[:1].sigmoid(), priors[:1]).sum() / 3
+    )
