@@ -47,35 +47,3 @@ def color_similarity(
     valid = valid.to(images_lab.dtype)[:, None]
     edge_valid = valid * unfold_neighbours(valid, kernel_size, dilation)[:, 0]
     return similarity * edge_valid
-
-
-def surround_background(
-    images_lab: torch.Tensor,
-    valid: torch.Tensor,
-    image_index: torch.Tensor,
-    box_masks: torch.Tensor,
-    tau: float = 0.1,
-    theta: float = 2.0,
-    margin: int = 2,
-    max_surround: int = 256,
-) -> torch.Tensor:
-    """EXPERIMENT. ``[G, H, W]`` bool: the pixels inside each box whose colour is similar
-    (``exp(-||Δlab|| / theta) >= tau``, Eq. 7's measure) to a pixel of the box's surround, the
-    ``margin`` cells around it, which hold no part of the object by the box's definition."""
-    flags = torch.zeros_like(box_masks, dtype=torch.bool)
-    window = 2 * margin + 1
-    grown = F.max_pool2d(box_masks[:, None].float(), window, stride=1, padding=margin)[:, 0]
-    for g in range(box_masks.shape[0]):
-        image = image_index[g]
-        inside = box_masks[g] > 0
-        surround = (grown[g] > 0) & ~inside & (valid[image] > 0)
-        if not inside.any() or not surround.any():
-            continue
-        colours = images_lab[image].flatten(1)  # [3, H*W]
-        around = colours[:, surround.flatten()].t()
-        if around.shape[0] > max_surround:  # evenly spaced samples of a long surround
-            picks = torch.linspace(0, around.shape[0] - 1, max_surround, device=around.device)
-            around = around[picks.long()]
-        distance = torch.cdist(colours[:, inside.flatten()].t(), around).amin(dim=1)
-        flags[g][inside] = torch.exp(-distance / theta) >= tau
-    return flags

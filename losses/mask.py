@@ -189,8 +189,6 @@ def pairwise_edge_sums(
     )
     edge = torch.arange(offsets.shape[0], device=mask_logits.device)
     edge_similarity = similarity[image_index[instance][:, None], edge, y[:, None], x[:, None]]
-    if torch.is_tensor(tau):  # one threshold per image
-        tau = tau[image_index[instance]][:, None]
     weights = (edge_similarity >= tau).to(log_same.dtype)
     return _sum_over_edges(log_same, weights)
 
@@ -231,74 +229,6 @@ def pairwise_loss(
     )
 
 
-def grow_boxes(box_masks: torch.Tensor, margin: int) -> torch.Tensor:
-    """``[N, H, W]`` box masks grown by ``margin`` cells on every side (clipped to the image)."""
-    if margin <= 0:
-        return box_masks
-    window = 2 * margin + 1
-    return F.max_pool2d(box_masks[:, None].float(), window, stride=1, padding=margin)[:, 0]
-
-
-def region_loss(
-    mask_logits: torch.Tensor,
-    images_lab: torch.Tensor,
-    image_index: torch.Tensor,
-    box_masks: torch.Tensor,
-    valid: torch.Tensor,
-    margin: int = 2,
-) -> torch.Tensor:
-    """A two-phase region term (Chan and Vese's piecewise-constant energy, as box-supervised
-    level-set methods use it) over each instance's box grown by ``margin`` cells: not in the
-    BoxInst paper, the prior that tells a box's background from its object where the
-    pairwise term's chains of similar neighbours break (textures, colour gradients, holes).
-
-    With ``m`` the mask probabilities inside the box and 0 in the margin around it (outside
-    the box there is no object, so the margin anchors the background's colour), ``c`` the LAB
-    colours and ``c_fg``, ``c_bg`` the means of ``c`` weighted by ``m`` and ``1 - m``,
-
-        ``L = Σ m ‖c - c_fg‖² + (1 - m) ‖c - c_bg‖²  /  Σ ‖c - mean(c)‖²``,
-
-    the share of the region's colour variance that the split into object and background
-    leaves unexplained: 1 for no split, lower the better the mask separates two colours.
-    It is linear in ``m`` for given means, so it drives masks to decisive values, and it
-    needs no chain of neighbours: every pixel is compared with the two means.
-
-    Args:
-        mask_logits: ``[N, H, W]``.
-        images_lab: ``[B, 3, H, W]`` LAB images at the mask resolution
-            (:func:`boxinst.losses.color.images_to_lab`).
-        image_index: ``[N]`` the image of each instance.
-        box_masks: ``[N, H, W]`` 1 inside the instance's box.
-        valid: ``[B, H, W]`` 1 on the pixels of the image (not padding).
-    Returns:
-        ``[N]`` losses (0 for a region without colour variance).
-    """
-    region = grow_boxes(box_masks, margin) * valid[image_index].to(box_masks.dtype)
-    instance, y, x = _cells_in_boxes(region)
-    keep = region[instance, y, x] > 0  # the grown box's bounding rectangle, less the padding
-    instance, y, x = instance[keep], y[keep], x[keep]
-    # float32 throughout: sums of squared LAB distances overflow fp16
-    probs = mask_logits[instance, y, x].float().sigmoid() * box_masks[instance, y, x].float()
-    colours = images_lab[image_index[instance], :, y, x].float()  # [T, 3]
-    n = mask_logits.shape[0]
-
-    def per_instance(values: torch.Tensor) -> torch.Tensor:
-        return values.new_zeros(n, *values.shape[1:]).index_add_(0, instance, values)
-
-    count = per_instance(torch.ones_like(probs))
-    centred = colours - (per_instance(colours) / count.clamp(min=1)[:, None])[instance]
-    total = per_instance((centred * centred).sum(dim=1))  # the region's colour variance (× count)
-    fg = per_instance(probs)
-    bg = count - fg
-    # the variance the two means explain: with colours centred on the region's mean, the sums
-    # weighted by m and 1 - m are opposite, and it is ‖Σ m c‖² (1/Σm + 1/Σ(1-m))
-    fg_sum = per_instance(probs[:, None] * centred)
-    explained = (fg_sum * fg_sum).sum(dim=1) * (1 / fg.clamp(min=1e-6) + 1 / bg.clamp(min=1e-6))
-    has_variance = total > 1e-6
-    loss = 1.0 - explained / total.clamp(min=1e-6)
-    return torch.where(has_variance, loss, torch.zeros_like(loss)).to(mask_logits.dtype)
-
-
 def pairwise_warmup_factor(iteration: int, warmup_iters: int) -> float:
     """Linear ramp of the pairwise weight, ``min(iteration / warmup_iters, 1)``, as in the
     official BoxInst code (10k iterations on COCO)."""
@@ -315,17 +245,10 @@ def mixed_mask_loss(
     similarity: torch.Tensor | None,
     image_index: torch.Tensor | None,
     *,
-    images_lab: torch.Tensor | None = None,
-    valid: torch.Tensor | None = None,
     use_projection: bool = True,
     use_pairwise: bool = True,
-    use_region: bool = False,
     projection_weight: float = 1.0,
     pairwise_weight: float = 1.0,
-    region_weight: float = 1.0,
-    region_margin: int = 2,
-    surround_flags: torch.Tensor | None = None,
-    surround_weight: float = 1.0,
     prior_masks: torch.Tensor | None = None,
     has_prior: torch.Tensor | None = None,
     prior_weight: float = 1.0,
@@ -357,13 +280,17 @@ def mixed_mask_loss(
         similarity: ``[B, K*K-1, H, W]`` colour similarity of each image of the batch, and
         image_index: ``[N]`` the image of each instance; both needed when the pairwise term is
             on (:func:`pairwise_loss`).
+        prior_masks: ``[N, H, W]`` box-prior masks (GrabCut, not in the paper): with them, a
+            dice loss to the prior for every box-supervised instance whose ``has_prior`` is set,
+            weighted by ``prior_weight``; ``None``: no prior term.
     Returns:
-        ``{"loss_mask": dice, "loss_proj": ..., "loss_pairwise": ...}``, each a scalar that is 0
+        ``{"loss_mask": dice, "loss_proj": ..., "loss_pairwise": ...}`` (and ``"loss_prior"``
+        with ``prior_masks``), each a scalar that is 0
         (with a graph to the logits) where no instance contributes.
     """
     has_mask = has_mask.bool()
     use_prior = prior_masks is not None
-    any_box_term = use_projection or use_pairwise or use_region or use_prior
+    any_box_term = use_projection or use_pairwise or use_prior
     box_supervised = ~has_mask if any_box_term else torch.zeros_like(has_mask)
     zero = mask_logits.sum() * 0.0
     pairwise_total, edges = zero, zero.detach()
@@ -379,19 +306,11 @@ def mixed_mask_loss(
             kernel_size=kernel_size,
             dilation=dilation,
         )
-    surround_total, flagged = zero, zero.detach()
-    if surround_flags is not None and box_supervised.any():
-        flags = surround_flags[box_supervised].to(mask_logits.dtype)
-        # -log P(same label) of an edge to a surround pixel, whose label is background
-        surround_total = (F.softplus(mask_logits[box_supervised]) * flags).sum()
-        flagged = flags.sum().detach()
-    counts = torch.stack([has_mask.sum(), box_supervised.sum(), edges.detach(), flagged]).float()
-    num_masked, num_boxed, num_edges, num_flagged = global_mean(counts)
+    counts = torch.stack([has_mask.sum(), box_supervised.sum(), edges.detach()]).float()
+    num_masked, num_boxed, num_edges = global_mean(counts)  # float32: edges overflow fp16
     num_supervised = (num_masked + num_boxed).clamp(min=1)
 
     losses = {"loss_mask": zero, "loss_proj": zero, "loss_pairwise": zero}
-    if use_region:
-        losses["loss_region"] = zero
     if use_prior:
         losses["loss_prior"] = zero
         with_prior = box_supervised & has_prior.bool()
@@ -408,20 +327,4 @@ def mixed_mask_loss(
         share = num_boxed / num_supervised
         pairwise = _edge_mean(pairwise_total, num_edges)
         losses["loss_pairwise"] = pairwise_weight * pairwise_warmup * share * pairwise
-    if surround_flags is not None and box_supervised.any():
-        share = num_boxed / num_supervised
-        surround = _edge_mean(surround_total, num_flagged)
-        losses["loss_surround"] = surround_weight * pairwise_warmup * share * surround
-    if use_region and box_supervised.any():
-        if images_lab is None or valid is None or image_index is None:
-            raise ValueError("the region term needs the LAB images and their valid pixels")
-        region = region_loss(
-            mask_logits[box_supervised],
-            images_lab,
-            image_index[box_supervised],
-            box_masks[box_supervised],
-            valid,
-            region_margin,
-        )
-        losses["loss_region"] = region_weight * region.sum() / num_supervised
     return losses

@@ -13,7 +13,7 @@ from torchvision.ops import batched_nms
 from boxinst.models.backbone import FPN_STRIDES, build_backbone, check_backbone_options
 from boxinst.models.dynamic_mask_head import DynamicMaskHead
 from boxinst.models.fcos_head import FCOSHead
-from boxinst.models.layers import aligned_bilinear, feature_locations, scale_gradient
+from boxinst.models.layers import aligned_bilinear, feature_locations
 from boxinst.models.mask_branch import MaskBranch
 
 #: ImageNet statistics of RGB images in [0, 255], as torchvision's ResNets expect.
@@ -46,7 +46,6 @@ class CondInstConfig:
     head_convs: int = 4
     head_norm: str = "GN"
     prior_prob: float = 0.01
-    mask_gradient_to_trunk: float = 1.0  # EXPERIMENT: the mask losses' gradient into the trunk
     mask_branch_channels: int = 128
     mask_branch_convs: int = 4
     mask_branch_norm: str = "BN"  # CondInst's; per-worker statistics in a data-parallel run
@@ -131,7 +130,6 @@ class CondInst(nn.Module):
             num_convs=config.head_convs,
             norm=config.head_norm,
             prior_prob=config.prior_prob,
-            controller_gradient=config.mask_gradient_to_trunk,
         )
         self.mask_branch = MaskBranch(
             in_channels=config.fpn_channels,
@@ -156,9 +154,7 @@ class CondInst(nn.Module):
             )
         features = list(self.backbone((images - self.pixel_mean) / self.pixel_std).values())
         dense = self.head(features)
-        mask_features = self.mask_branch(
-            [scale_gradient(f, self.config.mask_gradient_to_trunk) for f in features[:3]]
-        )
+        mask_features = self.mask_branch(features[:3])
 
         locations, strides, levels = [], [], []
         for level, (stride, cls) in enumerate(zip(FPN_STRIDES, dense["cls"], strict=True)):

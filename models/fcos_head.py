@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from boxinst.models.layers import conv_norm_relu, scale_gradient
+from boxinst.models.layers import conv_norm_relu
 
 
 class Scale(nn.Module):
@@ -38,10 +38,8 @@ class FCOSHead(nn.Module):
         num_convs: int = 4,
         norm: str = "GN",
         prior_prob: float = 0.01,
-        controller_gradient: float = 1.0,
     ):
         super().__init__()
-        self.controller_gradient = controller_gradient
         self.cls_tower = nn.Sequential(
             *[conv_norm_relu(channels, channels, norm) for _ in range(num_convs)]
         )
@@ -71,7 +69,5 @@ class FCOSHead(nn.Module):
             out["cls"].append(self.cls_logits(cls_feature))
             out["box"].append(torch.relu(self.scales[level](self.box_pred(box_feature))))
             out["centerness"].append(self.centerness(box_feature))
-            out["params"].append(
-                self.controller(scale_gradient(box_feature, self.controller_gradient))
-            )
+            out["params"].append(self.controller(box_feature))
         return out

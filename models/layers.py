@@ -43,10 +43,3 @@ def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequent
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), norm_layer, nn.ReLU()
     )
-
-
-def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """``x`` in the forward pass; its gradient times ``factor`` in the backward pass."""
-    if factor == 1.0:
-        return x
-    return x * factor + x.detach() * (1.0 - factor)

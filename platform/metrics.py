@@ -24,8 +24,6 @@ LOSSES = (
     "loss_mask",
     "loss_proj",
     "loss_pairwise",
-    "loss_region",
-    "loss_surround",
     "loss_prior",
 )
 
@@ -74,8 +72,6 @@ TRAIN_LOSS = "train/loss"
     TRAIN_LOSS_MASK,
     TRAIN_LOSS_PROJ,
     TRAIN_LOSS_PAIRWISE,
-    TRAIN_LOSS_REGION,
-    TRAIN_LOSS_SURROUND,
     TRAIN_LOSS_PRIOR,
 ) = (train_loss_name(loss) for loss in LOSSES)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from boxinst.losses.color import color_similarity, images_to_lab, surround_background
+from boxinst.losses.color import color_similarity, images_to_lab
 from boxinst.losses.fcos import (
     DEFAULT_SIZES_OF_INTEREST,
     FCOSTargets,
@@ -35,22 +35,15 @@ class LossConfig:
 
     use_projection: bool = True
     use_pairwise: bool = True
-    use_region: bool = False
     use_prior: bool = False  # dice to the box-prior (GrabCut) masks of box-supervised instances
     prior_weight: float = 1.0
     projection_weight: float = 1.0
     pairwise_weight: float = 1.0
-    region_weight: float = 1.0
-    region_margin: int = 2  # cells (of the mask stride) around the box in the region term
-    surround_weight: float = 0.0  # EXPERIMENT: 0 off
-    surround_tau: float = 0.1
-    surround_margin: int = 2
     pairwise_tau: float = 0.1
     pairwise_kernel_size: int = 3
     pairwise_dilation: int = 2
     color_theta: float = 2.0
     pairwise_warmup_iters: int = 10_000
-    pairwise_tau_share: float = 0.0  # EXPERIMENT: per image, lower tau until this share passes
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     center_sampling_radius: float = 1.5
@@ -176,30 +169,13 @@ def compute_losses(
         )
         has_prior = torch.cat([t["has_prior"].bool() for t in targets])
 
-    similarity = lab = valid = None
-    use_surround = cfg.surround_weight > 0
-    if (cfg.use_pairwise or cfg.use_region or use_surround) and not bool(has_mask[instance].all()):
+    similarity = None
+    if cfg.use_pairwise and not bool(has_mask[instance].all()):
         lab = images_to_lab(images, stride)
         valid = pairwise_valid_region(targets, height, width, stride, images.device)
         similarity = color_similarity(
             lab, cfg.pairwise_kernel_size, cfg.pairwise_dilation, cfg.color_theta, valid
         )
-    surround_flags = None
-    if use_surround and lab is not None:
-        gt_image = torch.cat(
-            [torch.full((len(t["boxes"]),), i, device=images.device) for i, t in enumerate(targets)]
-        )
-        surround_flags = surround_background(
-            lab, valid, gt_image, box_masks, cfg.surround_tau, cfg.color_theta, cfg.surround_margin
-        )[instance]
-    tau = cfg.pairwise_tau
-    if similarity is not None and cfg.pairwise_tau_share > 0:
-        edges = similarity.flatten(1)
-        inside = (valid[:, None].expand_as(similarity) > 0).flatten(1) & (edges > 0)
-        quantile = torch.nanquantile(
-            torch.where(inside, edges, torch.nan), 1 - cfg.pairwise_tau_share, dim=1
-        )
-        tau = torch.clamp(quantile.nan_to_num(cfg.pairwise_tau), max=cfg.pairwise_tau)
 
     losses.update(
         mixed_mask_loss(
@@ -209,22 +185,15 @@ def compute_losses(
             box_masks[instance],
             similarity,
             image_idx,
-            images_lab=lab,
-            valid=valid,
             use_projection=cfg.use_projection,
             use_pairwise=cfg.use_pairwise,
-            use_region=cfg.use_region,
             projection_weight=cfg.projection_weight,
             pairwise_weight=cfg.pairwise_weight,
-            region_weight=cfg.region_weight,
-            region_margin=cfg.region_margin,
-            surround_flags=surround_flags,
-            surround_weight=cfg.surround_weight,
             prior_masks=None if prior_masks is None else prior_masks[instance],
             has_prior=None if has_prior is None else has_prior[instance],
             prior_weight=cfg.prior_weight,
             pairwise_warmup=pairwise_warmup_factor(iteration, cfg.pairwise_warmup_iters),
-            tau=tau,
+            tau=cfg.pairwise_tau,
             kernel_size=cfg.pairwise_kernel_size,
             dilation=cfg.pairwise_dilation,
         )

@@ -76,7 +76,7 @@ def use_reserved_cpus(spec: TrainSpec) -> None:
 def box_supervised(spec: TrainSpec) -> bool:
     """Whether some instances of the spec's regime learn their masks from boxes."""
     regime = spec.regime
-    terms = regime.projection or regime.pairwise or regime.region or regime.prior
+    terms = regime.projection or regime.pairwise or regime.prior
     return regime.masks != "all" and terms
 
 

@@ -60,7 +60,7 @@ REGIME_PRESETS: dict[str, dict[str, Any]] = {
     "projection_only": {"masks": "none", "projection": True, "pairwise": False},
     "fully_supervised": {"masks": "all", "projection": False, "pairwise": False},
 }
-_BOX_TERMS = ("use_projection", "use_pairwise", "use_region", "use_prior")
+_BOX_TERMS = ("use_projection", "use_pairwise", "use_prior")
 
 
 def expand_regime(regime: Any) -> Any:
@@ -87,7 +87,6 @@ class Regime(Spec):
     masks: str | dict[str, Any] = "none"
     projection: bool = True
     pairwise: bool = True
-    region: bool = False
     prior: bool = False  # dice to GrabCut's masks of the boxes (data/box_prior.py)
 
     @field_validator("masks")
@@ -119,8 +118,10 @@ class Data(Spec):
     train: Split | None = None
     val: Split | None = None
     synth: SynthSpec | None = None
-    generated: str = "data/generated"  # where the generated datasets without paths go
-    box_priors: str = "data/box_priors"  # where the GrabCut box priors are cached (regime.prior)
+    #: where the generated datasets without paths go, and where the GrabCut box priors are
+    #: cached (regime.prior); absolute, defaults included, so a resolved spec round-trips
+    generated: str = Field("data/generated", validate_default=True)
+    box_priors: str = Field("data/box_priors", validate_default=True)
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
     train_short_sizes: list[int] = Field(default_factory=lambda: list(COCO_TRAIN_SHORT_SIZES))
@@ -260,7 +261,6 @@ class TrainSpec(Spec):
         values.update(
             use_projection=self.regime.projection,
             use_pairwise=self.regime.pairwise,
-            use_region=self.regime.region,
             use_prior=self.regime.prior,
         )
         return LossConfig(**values)
