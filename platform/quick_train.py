@@ -21,6 +21,7 @@ import torch
 from boxinst.losses.fcos import centerness_targets
 from boxinst.models.condinst import CondInst, CondInstConfig
 from boxinst.models.layers import aligned_bilinear
+from boxinst.platform.data.box_prior import PriorSettings, box_priors
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.shapes import Scene, render_scene
 from boxinst.platform.objective import LossConfig, assign_batch, compute_losses
@@ -41,8 +42,12 @@ def small_model_config(**overrides) -> CondInstConfig:
     return CondInstConfig(**{**values, **overrides})
 
 
-#: Supervision regimes of the demo: mask policy and enabled box terms.
+#: Supervision regimes of the demo: mask policy and enabled box terms (``use_prior``: the
+#: GrabCut box prior of :mod:`boxinst.platform.data.box_prior`, the spec's ``box_only_grabcut``).
 REGIMES = {
+    "box_only_grabcut": dict(
+        has_mask=False, use_projection=True, use_pairwise=True, use_prior=True
+    ),
     "box_only": dict(has_mask=False, use_projection=True, use_pairwise=True),
     "projection_only": dict(has_mask=False, use_projection=True, use_pairwise=False),
     "fully_supervised": dict(has_mask=True, use_projection=False, use_pairwise=False),
@@ -68,21 +73,25 @@ class QuickTrainConfig:
     model: CondInstConfig = field(default_factory=small_model_config)
 
 
-def scenes_to_batch(scenes: list[Scene], has_mask: bool) -> tuple[torch.Tensor, list[dict]]:
-    """The objective's batch of generated scenes, padded by the datasets' own collate."""
-    samples = [
-        (
-            torch.from_numpy(scene.image).permute(2, 0, 1),
-            {
-                "boxes": torch.from_numpy(scene.boxes),
-                "labels": torch.from_numpy(scene.labels),
-                "masks": torch.from_numpy(scene.masks),
-                "has_mask": torch.full((len(scene.masks),), has_mask),
-                "image_size": scene.image.shape[:2],
-            },
-        )
-        for scene in scenes
-    ]
+def scenes_to_batch(
+    scenes: list[Scene], has_mask: bool, priors: list[tuple[np.ndarray, np.ndarray]] | None = None
+) -> tuple[torch.Tensor, list[dict]]:
+    """The objective's batch of generated scenes, padded by the datasets' own collate; with
+    each scene's box priors (:func:`~boxinst.platform.data.box_prior.box_priors`) where given."""
+    samples = []
+    for index, scene in enumerate(scenes):
+        target = {
+            "boxes": torch.from_numpy(scene.boxes),
+            "labels": torch.from_numpy(scene.labels),
+            "masks": torch.from_numpy(scene.masks),
+            "has_mask": torch.full((len(scene.masks),), has_mask),
+            "image_size": scene.image.shape[:2],
+        }
+        if priors is not None:
+            masks, reached = priors[index]
+            target["prior_masks"] = torch.from_numpy(masks.astype(np.uint8))
+            target["has_prior"] = torch.from_numpy(reached)
+        samples.append((torch.from_numpy(scene.image).permute(2, 0, 1), target))
     return collate_instances(samples)
 
 
@@ -106,8 +115,12 @@ def train(cfg: QuickTrainConfig, log_every: int = 0) -> CondInst:
     loss_cfg = LossConfig(
         use_projection=regime["use_projection"],
         use_pairwise=regime["use_pairwise"],
+        use_prior=regime.get("use_prior", False),
         pairwise_warmup_iters=cfg.pairwise_warmup_iters,
     )
+    priors = None
+    if loss_cfg.use_prior:
+        priors = [box_priors(s.image, s.boxes, PriorSettings()) for s in scenes]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -117,7 +130,11 @@ def train(cfg: QuickTrainConfig, log_every: int = 0) -> CondInst:
     start = time.perf_counter()
     for iteration in range(cfg.iterations):
         picks = torch.randperm(len(scenes), generator=generator)[: cfg.batch_size]
-        images, targets = scenes_to_batch([scenes[i] for i in picks], regime["has_mask"])
+        images, targets = scenes_to_batch(
+            [scenes[i] for i in picks],
+            regime["has_mask"],
+            None if priors is None else [priors[i] for i in picks],
+        )
         losses = compute_losses(model, images, targets, loss_cfg, iteration, generator)
         total = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)

@@ -40,6 +40,9 @@ def check_environment(payload: dict, argv: list[str]) -> None:
     assert env["date"][:2] == "20"
     if "--threads" in argv:
         assert env["torch_threads"] == int(argv[argv.index("--threads") + 1])
+    # the load before the run is recorded, and whether the machine was idle then
+    load = env["load_average_1min_at_start"]
+    assert load >= 0 and env["idle_at_start"] == (load < 0.25 * os.cpu_count())
 
 
 def check_mask_loss(result: dict) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 from types import ModuleType
 
 import torch
 
 from boxinst.platform.bench import coco_eval, inference, loading, mask_loss, train_step
 from boxinst.platform.bench.batches import CONFIGS
-from boxinst.platform.bench.harness import DEFAULT_OUT_DIR, environment, write_json
+from boxinst.platform.bench.harness import DEFAULT_OUT_DIR, environment, machine_load, write_json
 
 #: command -> (module with ``run`` and ``summary``, help)
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -120,32 +121,47 @@ def _set_threads(args: argparse.Namespace) -> dict:
     return {"threads": args.threads}
 
 
-def _write(args: argparse.Namespace, name: str, options: dict, payload: dict) -> None:
+def _check_load() -> dict:
+    """The machine's load before the benchmark, with a warning when it is not idle."""
+    load = machine_load()
+    if not load["idle_at_start"]:
+        print(
+            f"warning: the machine is busy (1-minute load average "
+            f"{load['load_average_1min_at_start']:.1f} on {os.cpu_count()} CPUs): the timings "
+            "will be slower than on an idle machine; ratios measured side by side still hold",
+            flush=True,
+        )
+    return load
+
+
+def _write(args: argparse.Namespace, name: str, options: dict, payload: dict, load: dict) -> None:
     path = write_json(
         args.out or DEFAULT_OUT_DIR / f"{name}.json",
-        {"benchmark": name, "environment": environment(_command(name, options)), **payload},
+        {"benchmark": name, "environment": environment(_command(name, options), load), **payload},
     )
     print(f"\nwritten to {path}")
 
 
 def _run_one(args: argparse.Namespace) -> int:
     module, _ = BENCHMARKS[args.benchmark]
+    load = _check_load()
     threads = _set_threads(args)
     options = _options(args, inspect.signature(module.run).parameters)
     result = module.run(**options)
     print(module.summary(result))
-    _write(args, args.benchmark, {**options, **threads}, {"result": result})
+    _write(args, args.benchmark, {**options, **threads}, {"result": result}, load)
     return 0
 
 
 def _run_all(args: argparse.Namespace) -> int:
+    load = _check_load()
     threads = _set_threads(args)
     results = {}
     for name, (module, _) in BENCHMARKS.items():
         print(f"== {name}", flush=True)
         results[name] = module.run(**_options(args, inspect.signature(module.run).parameters))
         print(module.summary(results[name]) + "\n", flush=True)
-    _write(args, "all", {**_options(args, ALL_OPTIONS), **threads}, {"results": results})
+    _write(args, "all", {**_options(args, ALL_OPTIONS), **threads}, {"results": results}, load)
     return 0
 
 

@@ -121,8 +121,17 @@ def in_fresh_processes(fn: Callable, arguments: Sequence[tuple]) -> list:
     return results
 
 
-def environment(argv: Sequence[str] | None = None) -> dict:
-    """The machine, software and command of a run, recorded beside its numbers."""
+def machine_load() -> dict:
+    """The machine's 1-minute load average before a benchmark starts, and whether it was idle
+    then (under a quarter of its CPUs busy). Other work slows every timing, not the ratios
+    that a benchmark measures side by side in one run."""
+    load = os.getloadavg()[0]
+    return {"load_average_1min_at_start": load, "idle_at_start": load < 0.25 * os.cpu_count()}
+
+
+def environment(argv: Sequence[str] | None = None, load: dict | None = None) -> dict:
+    """The machine, software and command of a run, recorded beside its numbers (and the
+    machine's load before the run, :func:`machine_load`)."""
     device = default_device()
     return {
         "command": " ".join(["boxinst", *(sys.argv[1:] if argv is None else argv)]),
@@ -134,6 +143,7 @@ def environment(argv: Sequence[str] | None = None) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "load_average_1min": os.getloadavg()[0],  # other work on the machine skews timings
+        **(load or {}),
     }
 
 

@@ -59,21 +59,32 @@ def reaches_across(mask: np.ndarray, box: np.ndarray, min_reach: float) -> bool:
     return bool(min(rows, columns) >= min_reach)
 
 
+def box_priors(
+    image: np.ndarray, boxes_xyxy: np.ndarray, settings: PriorSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """GrabCut's mask of each box of one image (``[H, W, 3]`` uint8 RGB, ``[K, 4]`` xyxy
+    boxes): ``[K, H, W]`` bool masks and ``[K]`` bool, whether each mask reaches across its box
+    (the masks that do not are no prior)."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    masks = grabcut_masks(
+        image, boxes, settings.iterations, margin=settings.margin, max_crop=settings.max_crop
+    )
+    reached = [
+        reaches_across(mask, box, settings.min_reach)
+        for mask, box in zip(masks, boxes, strict=True)
+    ]
+    return masks, np.array(reached, dtype=bool)
+
+
 def image_priors(
     image: np.ndarray, boxes_xywh: np.ndarray, settings: PriorSettings
 ) -> list[dict | None]:
-    """The prior of each box of one image (``[H, W, 3]`` uint8 RGB; COCO ``[x, y, w, h]``
-    boxes): a compressed RLE, or None where GrabCut's mask does not reach across its box."""
+    """The prior of each box of one image (COCO ``[x, y, w, h]`` boxes): a compressed RLE, or
+    None where GrabCut's mask does not reach across its box."""
     boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
     xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-    masks = grabcut_masks(
-        image, xyxy, settings.iterations, margin=settings.margin, max_crop=settings.max_crop
-    )
-    rles = encode_masks(masks)
-    return [
-        rle if reaches_across(mask, box, settings.min_reach) else None
-        for mask, box, rle in zip(masks, xyxy, rles, strict=True)
-    ]
+    masks, reached = box_priors(image, xyxy, settings)
+    return [rle if ok else None for rle, ok in zip(encode_masks(masks), reached, strict=True)]
 
 
 def _image_job(job: tuple[str, list[int], list[list[float]], PriorSettings]):
