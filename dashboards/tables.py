@@ -74,11 +74,12 @@ class Table:
 
 def setting_keys(trials: pd.DataFrame) -> list[str]:
     """What tells configurations apart: ``regime``, the spec when several, and every parameter
-    that varies across the trials except the seed (the regime's own parameters are ``regime``)."""
+    that varies across the trials except the seed (the regime's own parameters are ``regime``;
+    a sweep's own settings, its axes among them, differ between sweeps, not configurations)."""
     params = [
         p
         for p in trials.attrs["params"]
-        if p not in {"seed", "name"} and not p.startswith("regime.")
+        if p not in {"seed", "name", "sweep"} and not p.startswith(("regime.", "sweep."))
     ]
     varying = [p for p in params if trials[p].astype(str).nunique() > 1]
     return ["regime", *(["spec"] if trials["spec"].nunique() > 1 else []), *varying]

@@ -281,8 +281,13 @@ def _ui(args: argparse.Namespace) -> int:
         return 0
     print(f"MLflow UI of {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(args.port)]
+    # One worker and no GenAI job runner: a local UI for one user then starts in seconds on a
+    # small machine that is busy training (MLflow's 4 workers and job runner took minutes).
+    command += ["--workers", "1"]
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # replaced by the server process, so that stopping this command stops the server
-    os.execv(sys.executable, [*command, "--host", args.host, "--port", str(args.port)])
+    os.execv(sys.executable, command)
 
 
 #: ``--resume`` without a name: the latest sweep of the spec.

@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def submit(
         merged = read_spec(find_spec(spec_name))
         (working_dir / SPEC_FILE).write_text(yaml.safe_dump(merged, sort_keys=False))
         try:
-            return JobSubmissionClient(address).submit_job(
+            client = JobSubmissionClient(address)
+            job = dict(
                 entrypoint=job_entrypoint(command, overrides, storage, experiment),
                 runtime_env={
                     "working_dir": str(working_dir),
@@ -100,5 +102,22 @@ def submit(
                     "env_vars": env,
                 },
             )
+            return _submit_when_an_agent_is_up(client, job)
         except AuthenticationError as error:
             raise ClusterAuthError(address, _is_rejection(error)) from None
+
+
+#: How long a submission waits for the cluster's job agent (a head just started, on a busy
+#: machine, answers "No available agent" until its agent has registered).
+AGENT_WAIT_S = 120.0
+
+
+def _submit_when_an_agent_is_up(client: JobSubmissionClient, job: dict) -> str:
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, write_ray_token, write_tiny_spec
+from conftest import free_port, kill_session, write_ray_token, write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -29,7 +29,7 @@ def listening_addresses(port: int) -> set[str]:
     return addresses
 
 
-def wait_for(url: str, process: subprocess.Popen, seconds: float = 60) -> None:
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -66,14 +66,31 @@ class RayHead:
         self.token = write_ray_token(folder / "head_token").read_text()
         self.address = f"http://127.0.0.1:{free_port()}"
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(folder / "head_token")}
-        command = [str(BIN / "ray"), "start", "--head", "--num-cpus=2"]
+        command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2"]
         command += ["--node-ip-address=127.0.0.1", f"--port={free_port()}"]
         command += ["--include-dashboard=true", "--dashboard-host=127.0.0.1"]
         command += [f"--dashboard-port={self.address.rsplit(':', 1)[1]}"]
         # started from the environment's shell, so a job's `python` is the environment's
         path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
         env = {**os.environ, **self.auth, "PATH": path}
-        subprocess.run(command, check=True, capture_output=True, cwd=folder, env=env)
+        # in the foreground, in a session of its own: stop() ends this cluster's processes and
+        # no other (`ray stop` would end every Ray on the machine, a user's own among them)
+        with (folder / "head.log").open("w") as log:
+            self.process = subprocess.Popen(
+                command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                self.jobs().list_jobs()
+                break
+            except (ConnectionError, RuntimeError):  # not up yet, or its Jobs API not yet
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    log_text = (folder / "head.log").read_text()
+                    raise AssertionError(f"ray head did not start: {log_text}") from None
+                time.sleep(1)
 
     def client_env(self, **extra: str) -> dict[str, str]:
         """The environment of a client that holds the head's token."""
@@ -83,7 +100,7 @@ class RayHead:
         return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
 
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+        kill_session(self.process.pid)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -244,6 +245,23 @@ def test_supervision_gap_pairs_box_supervision_with_full_supervision_by_seed(swe
         assert row[tables.WORST_BOX_RATIO] == pytest.approx(worst)
     assert math.isnan(rows[("box_only", 0.2)][tables.FULL_AP])  # no full supervision at τ 0.2
     assert "1 failed" in rows[("projection_only", 0.1)]["trials"]
+
+
+def test_a_sweeps_own_settings_do_not_tell_configurations_apart():
+    """Two sweeps of one spec with other axes (``--set sweep.axes.seed=[1,2]``) compare as one
+    set of configurations; the sweeps' settings never become a column beside the sweep's name."""
+    trials = pd.DataFrame(
+        {
+            "regime": ["box_only", "box_only"],
+            "spec": ["fidelity", "fidelity"],
+            "sweep": ["fidelity-1", "fidelity-2"],
+            "sweep.axes.seed": ["[0, 1, 2]", "[1, 2]"],
+            "loss.pairwise_tau": ["0.1", "0.2"],
+            "seed": ["0", "1"],
+        }
+    )
+    trials.attrs["params"] = ["loss.pairwise_tau", "seed", "sweep", "sweep.axes.seed"]
+    assert tables.setting_keys(trials) == ["regime", "loss.pairwise_tau"]
 
 
 def test_paper_numbers_sit_beside_ours_marked_as_the_papers(comparison):

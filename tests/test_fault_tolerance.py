@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_TRAIN_POLL, write_tiny_spec
+from conftest import FAST_TRAIN_POLL, kill_session, write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray._private import state as ray_state
 
@@ -95,40 +95,6 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def session_processes(session: int) -> list[int]:
-    """The live (not zombie) processes of a session (``/proc/PID/stat``: state, ppid, pgrp,
-    session after the command's name)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        state, _, _, sid = stat[stat.rindex(")") + 2 :].split()[:4]
-        if int(sid) == session and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def kill_session(session: int, timeout: float = 30) -> None:
-    """SIGKILL every process of ``session`` until none is left.
-
-    Killing the driver's process group is not enough: Ray starts each worker in a process
-    group of its own, and they outlive the driver, a worker still starting up by a minute."""
-    deadline = time.monotonic() + timeout
-    while processes := session_processes(session):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes of the killed driver linger: {processes}")
-        for pid in processes:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
 
 
 def loss_steps(client: MlflowClient, run_id: str) -> list[int]:
