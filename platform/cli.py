@@ -167,7 +167,9 @@ def _start_ray(address: str | None) -> None:
     if not ray.is_initialized():
         for name, value in WORKER_ENV.items():  # a local Ray's workers inherit it
             os.environ.setdefault(name, value)
-        ray.init(address=address, include_dashboard=False)
+        # "local": a new Ray of this command's own, never one a `ray start` left on the
+        # machine (Ray joins that one by default, and hangs when it has gone)
+        ray.init(address=address or "local", include_dashboard=False)
 
 
 def _closing_lines(tracker, what: str) -> str:

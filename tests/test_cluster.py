@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -67,7 +68,8 @@ class RayHead:
         self.address = f"http://127.0.0.1:{free_port()}"
         self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(folder / "head_token")}
         command = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2"]
-        command += ["--node-ip-address=127.0.0.1", f"--port={free_port()}"]
+        self.gcs = f"127.0.0.1:{free_port()}"
+        command += ["--node-ip-address=127.0.0.1", f"--port={self.gcs.rsplit(':', 1)[1]}"]
         command += ["--include-dashboard=true", "--dashboard-host=127.0.0.1"]
         command += [f"--dashboard-port={self.address.rsplit(':', 1)[1]}"]
         # started from the environment's shell, so a job's `python` is the environment's
@@ -100,7 +102,12 @@ class RayHead:
         return JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
 
     def stop(self) -> None:
+        """End this cluster's processes, and forget it as the machine's current Ray cluster
+        (where a plain ``ray.init()`` would look for it, as `ray stop` does)."""
         kill_session(self.process.pid)
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip() == self.gcs:
+            current.unlink()
 
 
 @pytest.fixture(scope="module")
