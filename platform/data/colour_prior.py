@@ -181,7 +181,7 @@ PAPER_TAU = 0.1
 #: Below this share of the box background reached, BoxInst's pairwise term leaves most of a box
 #: filled: on the fidelity suite's textured and cluttered styles (26% and 38% at τ = 0.1) box-only
 #: BoxInst reaches 39% and 44% of full supervision's mask AP (seed 0), with the GrabCut prior
-#: 78% and 73% (mean of seeds 0 and 1); on flat colours (44%) 59%, and 97% with the prior.
+#: 76% and 73% (mean over seeds); on flat colours (44%) 59%, and 96% with the prior.
 REACH_NEEDED = 0.5
 
 
