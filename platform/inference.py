@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 from boxinst.models.condinst import CondInst
+from boxinst.platform.data.coco import read_rgb
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.transforms import eval_transform
 from boxinst.platform.evaluation import predictions_to_coco_results, save_results
@@ -49,17 +49,6 @@ def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[CondI
     return model.eval(), spec
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as ``[H, W, 3]`` uint8 RGB, EXIF orientation applied."""
-    try:
-        with Image.open(path) as file:
-            return np.asarray(ImageOps.exif_transpose(file).convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"image file {path} cannot be read: {error}") from None
-
-
 def category_table(spec: TrainSpec) -> tuple[list[int], dict[int, str]]:
     """Category ids (by contiguous class index) and names of the spec's dataset."""
     annotations = Path(spec.data.val.annotations)
@@ -87,7 +76,7 @@ def predict_files(
     category_ids, names = category_table(spec)
     results = []
     for image_id, path in enumerate(images):
-        original = read_image(Path(path))
+        original = read_rgb(Path(path))
         empty = {"image": original, "boxes": np.zeros((0, 4), np.float32), "masks": np.zeros(0)}
         resized = transform(empty)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from boxinst.losses.fcos import centerness_targets
 from boxinst.models.condinst import CondInst, CondInstConfig
-from boxinst.models.layers import aligned_bilinear
 from boxinst.platform.data.box_prior import PriorSettings, box_priors
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.shapes import Scene, render_scene
-from boxinst.platform.objective import LossConfig, assign_batch, compute_losses
+from boxinst.platform.mask_quality import MaskIoU
+from boxinst.platform.metrics import MASK_IOU, MASK_IOU_BOX
+from boxinst.platform.objective import LossConfig, compute_losses
 
 
 def small_model_config(**overrides) -> CondInstConfig:
@@ -152,47 +152,19 @@ def train(cfg: QuickTrainConfig, log_every: int = 0) -> CondInst:
     return model
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = a.flatten(1).bool(), b.flatten(1).bool()
-    return (a & b).sum(1).float() / (a | b).sum(1).clamp(min=1).float()
-
-
 @torch.no_grad()
 def mask_quality(model: CondInst, scenes: list[Scene]) -> dict[str, float]:
     """Mean IoU with the true shapes of the model's masks at the ground-truth locations and of
-    the filled boxes."""
+    the filled boxes (:class:`~boxinst.platform.mask_quality.MaskIoU`, as every evaluation)."""
     model.eval()
     images, targets = scenes_to_batch(scenes, has_mask=True)
-    outputs = model(images)
-    _, reg_targets, gt_index = assign_batch(
-        outputs, targets, model.config.num_classes, LossConfig()
-    )
-    image_idx, location_idx, instance_idx = [], [], []
-    for image, target in enumerate(targets):
-        centrality = torch.full_like(gt_index[image], -1.0, dtype=torch.float32)
-        positive = gt_index[image] >= 0
-        centrality[positive] = centerness_targets(reg_targets[image][positive])
-        for g in range(len(target["boxes"])):
-            scores = torch.where(gt_index[image] == g, centrality, torch.tensor(-1.0))
-            if scores.max() >= 0:
-                image_idx.append(image)
-                location_idx.append(int(scores.argmax()))
-                instance_idx.append((image, g))
-    logits = model.instance_mask_logits(
-        outputs, torch.tensor(image_idx), torch.tensor(location_idx)
-    )
-    probs = aligned_bilinear(logits[:, None].sigmoid(), model.config.mask_out_stride)[:, 0]
-    predicted = probs > model.config.mask_threshold
-    true = torch.stack([targets[i]["masks"][g] for i, g in instance_idx]).bool()
-    boxes = torch.stack([targets[i]["boxes"][g] for i, g in instance_idx])
-    ys = torch.arange(true.shape[1])[None, :, None]
-    xs = torch.arange(true.shape[2])[None, None, :]
-    x0, y0, x1, y1 = (boxes[:, k, None, None] for k in range(4))
-    box_masks = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    quality = MaskIoU()
+    quality.add(model, model(images), targets, LossConfig())
+    metrics = quality.metrics()
     return {
-        "mask_iou": _iou(predicted, true).mean().item(),
-        "box_iou": _iou(box_masks, true).mean().item(),
-        "instances": len(instance_idx),
+        "mask_iou": metrics[MASK_IOU],
+        "box_iou": metrics[MASK_IOU_BOX],
+        "instances": quality.instances,
     }
 
 

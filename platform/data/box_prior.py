@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from boxinst.platform.data.check import load_annotations, summarise
+from boxinst.platform.data.coco import read_rgb
 from boxinst.platform.evaluation import encode_masks, grabcut_masks
 
 
@@ -88,9 +89,8 @@ def image_priors(
 
 
 def _image_job(job: tuple[str, list[int], list[list[float]], PriorSettings]):
-    """One image's priors in a worker process: ``(annotation ids, RLEs or None)``."""
-    from boxinst.platform.data.coco import read_rgb  # the loader's own decoding
-
+    """One image's priors in a worker process: ``(annotation ids, RLEs or None)``; the image
+    decoded as the loader decodes it."""
     path, annotation_ids, boxes, settings = job
     return annotation_ids, image_priors(read_rgb(Path(path)), np.array(boxes), settings)
 

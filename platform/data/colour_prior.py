@@ -27,19 +27,22 @@ import torch
 
 from boxinst.losses.color import color_similarity, images_to_lab
 from boxinst.losses.mask import unfold_neighbours
+from boxinst.models.condinst import CondInstConfig
 from boxinst.platform.data.coco import CocoInstanceDataset
+from boxinst.platform.objective import LossConfig, box_masks_at_stride
 
 TAUS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 @dataclass
 class PairwiseSettings:
-    """The pairwise term's settings (those of :class:`boxinst.platform.objective.LossConfig`)."""
+    """The pairwise term's settings; defaults: the loss's (:class:`LossConfig`) and the model's
+    mask stride."""
 
-    kernel_size: int = 3
-    dilation: int = 2
-    theta: float = 2.0
-    stride: int = 4
+    kernel_size: int = LossConfig.pairwise_kernel_size
+    dilation: int = LossConfig.pairwise_dilation
+    theta: float = LossConfig.color_theta
+    stride: int = CondInstConfig.mask_out_stride
 
 
 @dataclass
@@ -126,11 +129,12 @@ def image_counts(
     ones = torch.ones(1, 1, h, w)
     valid_edges = unfold_neighbours(ones, s.kernel_size, s.dilation)[0, 0] > 0
     centre = s.stride // 2
-    ys = torch.arange(h) * s.stride + centre
-    xs = torch.arange(w) * s.stride + centre
+    height, width = image.shape[:2]
+    # the boxes' cells as the loss samples them, cut to the pooled image
+    in_box = box_masks_at_stride(torch.from_numpy(boxes).float(), height, width, s.stride)
     totals = {tau: Counts() for tau in taus}
-    for g, (x0, y0, x1, y1) in enumerate(np.floor(boxes)):
-        box = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+    for g in range(len(boxes)):
+        box = in_box[g, :h, :w] > 0
         mask = None
         if masks is not None:
             mask = torch.from_numpy(masks[g, centre :: s.stride, centre :: s.stride][:h, :w] > 0)
