@@ -168,9 +168,11 @@ def _start_ray(address: str | None) -> None:
     if not ray.is_initialized():
         for name, value in WORKER_ENV.items():  # a local Ray's workers inherit it
             os.environ.setdefault(name, value)
-        # "local": a new Ray of this command's own, never one a `ray start` left on the
-        # machine (Ray joins that one by default, and hangs when it has gone)
-        ray.init(address=address or "local", include_dashboard=False)
+        # RAY_ADDRESS where Ray sets it (a Ray job's driver runs on its cluster), else "local":
+        # a new Ray of this command's own, never the one a `ray start` or a killed run left
+        # recorded on the machine (Ray joins that by default, and hangs when it has gone)
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False)
 
 
 def _closing_lines(tracker, what: str) -> str:
