@@ -49,9 +49,12 @@ def test_missing_corrupt_and_resized_images(split):
     cv2.imwrite(str(split / "images" / names[2]), cv2.resize(image, (10, 12)))
     found = problems_of(split)
     assert len(found) == 3
-    assert f"{names[0]}: image id 1: image file does not exist" in found[0]
-    assert f"{names[1]}: image id 2: image cannot be read" in found[1]
-    assert f"{names[2]}: image id 3: image is 10x12 but the JSON says" in found[2]
+    # The image problems are the loader's own messages, naming the image file.
+    images = split / "images"
+    assert f"image id 1: image file {images / names[0]} does not exist" in found[0]
+    assert f"image id 2: image file {images / names[1]} cannot be read" in found[1]
+    assert f"image id 3: image file {images / names[2]} is 10x12 (WxH" in found[2]
+    assert "but the JSON says" in found[2]
 
 
 def test_bad_annotations_are_each_named(split):

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from boxinst.platform.data.check import load_annotations, summarise
-from boxinst.platform.data.coco import read_rgb
+from boxinst.platform.data.decode import read_rgb
 from boxinst.platform.evaluation import encode_masks, grabcut_masks
 
 

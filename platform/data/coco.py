@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from boxinst.platform.data.check import Problem, check_records, load_annotations, summarise
+from boxinst.platform.data.decode import decode_segmentation, image_path, read_rgb
 from boxinst.platform.data.policy import MaskPolicy, parse_mask_policy
 
 Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -69,36 +69,6 @@ def _without_bad_records(data: dict, problems: list[Problem]) -> tuple[dict, dic
         ],
     }
     return kept, {"images": len(bad_images), "annotations": len(bad_annotations)}
-
-
-def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
-    """``[height, width]`` uint8 mask of a COCO segmentation: polygons, uncompressed RLE
-    (``counts`` a list) or compressed RLE (``counts`` a string)."""
-    if isinstance(segmentation, list):
-        # Polygons of fewer than 3 points are no area (detectron2 drops them too); pycocotools
-        # would read a 4-number one as a box.
-        polygons = [p for p in segmentation if len(p) >= 6 and len(p) % 2 == 0]
-        if not polygons:
-            raise ValueError("no polygon with at least 3 points")
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle)
-
-
-def read_rgb(path: Path, where: str = "") -> np.ndarray:
-    """An image file as ``[H, W, 3]`` uint8 RGB, its EXIF orientation applied; an error naming
-    the file (and ``where``, the record it belongs to) if it cannot be read."""
-    where = f" ({where})" if where else ""
-    try:
-        with Image.open(path) as file:
-            return np.asarray(ImageOps.exif_transpose(file).convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file {path}{where} does not exist") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"image file {path}{where} cannot be read: {error}") from None
 
 
 class CocoInstanceDataset(Dataset):
@@ -236,8 +206,8 @@ class CocoInstanceDataset(Dataset):
 
     def _read_image(self, record: _ImageRecord) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB, EXIF orientation applied, checked against the record's size."""
-        path = self.image_dir / record.file_name
         where = f"image id {record.image_id} of {self.annotation_file}"
+        path = image_path(self.image_dir, record.file_name, where)
         image = read_rgb(path, where)
         if image.shape[:2] != (record.height, record.width):
             raise ValueError(
