@@ -19,12 +19,14 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import ResNet
 
+from boxinst.models.layers import group_norm
+
 
 def _norm(norm: str, channels: int) -> nn.Module:
     if norm == "BN":
         return nn.BatchNorm2d(channels)
     if norm == "GN":
-        return nn.GroupNorm(32, channels)
+        return group_norm(channels)
     raise ValueError(f"unknown BiFPN norm {norm!r}: expected 'BN' or 'GN'")
 
 

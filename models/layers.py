@@ -32,10 +32,17 @@ def feature_locations(height: int, width: int, stride: int, device=None) -> torc
     return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm of 32 groups (FCOS, CondInst); of ``channels / 2`` below 64 channels, so that
+    every group holds two channels: a one-channel group of one image's 1x1 level (P7 of a small
+    image) is a single value, which PyTorch refuses to normalise."""
+    return nn.GroupNorm(32 if channels >= 64 else max(channels // 2, 1), channels)
+
+
 def conv_norm_relu(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
-    """3x3 conv (no bias) + GroupNorm(32) or BatchNorm + ReLU."""
+    """3x3 conv (no bias) + GroupNorm (:func:`group_norm`) or BatchNorm + ReLU."""
     if norm == "GN":
-        norm_layer: nn.Module = nn.GroupNorm(32, out_channels)
+        norm_layer: nn.Module = group_norm(out_channels)
     elif norm == "BN":
         norm_layer = nn.BatchNorm2d(out_channels)
     else:

@@ -161,6 +161,15 @@ def test_inference_on_an_untrained_model(make_config):
     assert first["labels"].max() < 3
 
 
+def test_a_32_channel_model_predicts_one_image_whose_p7_is_1x1(make_config):
+    # GroupNorm(32) of 32 channels would normalise one value per group on P7 (1x1 for 64 px)
+    model = CondInst(make_config(fpn_channels=32, score_threshold=1.0)).eval()
+    (result,) = model.predict(torch.rand(1, 3, 64, 64) * 255, image_sizes=[(64, 64)])
+    assert result["masks"].shape == (0, 64, 64)
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
+
+
 def test_inference_with_no_detection_returns_empty_tensors(make_config):
     model = CondInst(make_config(score_threshold=1.0))
     (result,) = model.predict(torch.rand(1, 3, 64, 64) * 255, image_sizes=[(64, 64)])
