@@ -15,6 +15,8 @@ from conftest import free_port, kill_session, write_ray_token, write_tiny_spec
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from boxinst.platform.jobs import AGENT_WAIT_S
+
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 
@@ -119,7 +121,9 @@ def ray_head(tmp_path_factory):
 
 def run_submit(head: RayHead, spec: Path, env: dict[str, str], *options: str):
     command = [str(BIN / "boxinst"), "submit", str(spec), "--address", head.address, *options]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    # submit waits up to AGENT_WAIT_S for a new head's job agent, then uploads the package
+    timeout = AGENT_WAIT_S + 120
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def without_token(home: Path, **extra: str) -> dict[str, str]:
