@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DataLoader
@@ -21,12 +20,15 @@ from boxinst.dashboards import tables as compare_tables
 from boxinst.platform import evaluation, quick_train
 from boxinst.platform.bench import cli as bench_cli
 from boxinst.platform.data import check, colour_prior, synth, voc
+from boxinst.platform.data.coco import DatasetError
 from boxinst.platform.data.collate import collate_instances
+from boxinst.platform.data.decode import ImageError
 from boxinst.platform.inference import load_trained, predict_files
 from boxinst.platform.jobs import ClusterAuthError, submit
 from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
-from boxinst.platform.ray_train import WORKER_ENV
-from boxinst.platform.runs import SPEC_ARTIFACT, train_tracked
+from boxinst.platform.preflight import PreflightError
+from boxinst.platform.ray_cluster import ClusterUnreachable, start_ray
+from boxinst.platform.runs import SPEC_ARTIFACT, RunFailedError, train_tracked
 from boxinst.platform.spec import SpecError, load_spec
 from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table, trial_specs
 from boxinst.platform.tracking import (
@@ -36,6 +38,7 @@ from boxinst.platform.tracking import (
     default_tracking_uri,
 )
 from boxinst.platform.training import (
+    CheckpointError,
     build_val_dataset,
     evaluate_model,
     prepare_data,
@@ -70,15 +73,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _data_synth(args: argparse.Namespace) -> int:
     """Write the generated COCO-format dataset and print its statistics."""
-    cfg = synth.SynthConfig(
-        seed=args.seed,
-        train_images=args.train_images,
-        val_images=args.val_images,
-        min_size=args.min_size,
-        max_size=args.max_size,
-        max_objects=args.max_objects,
-        low_contrast=args.low_contrast,
-    )
+    try:
+        cfg = synth.SynthConfig(
+            seed=args.seed,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            max_objects=args.max_objects,
+            low_contrast=args.low_contrast,
+        )
+    except ValueError as error:  # names the setting, e.g. "train_images -1: at least 1"
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"writing {cfg.train_images} train and {cfg.val_images} val images to {args.out}")
     stats = synth.synthesize(Path(args.out), cfg)
     for split, s in stats.items():
@@ -159,20 +166,10 @@ def _data_convert_voc(args: argparse.Namespace) -> int:
 
 
 def _tracker(args: argparse.Namespace, experiment: str):
-    """The MLflow experiment of a command, reached before any Ray resources are asked for."""
+    """The MLflow experiment of a command (``--experiment``, else ``experiment``), reached
+    after the checks of the run's data and before any Ray resources are asked for."""
     check_reachable(args.tracking_uri or default_tracking_uri())
     return Tracker(args.experiment or experiment, args.tracking_uri)
-
-
-def _start_ray(address: str | None) -> None:
-    if not ray.is_initialized():
-        for name, value in WORKER_ENV.items():  # a local Ray's workers inherit it
-            os.environ.setdefault(name, value)
-        # RAY_ADDRESS where Ray sets it (a Ray job's driver runs on its cluster), else "local":
-        # a new Ray of this command's own, never the one a `ray start` or a killed run left
-        # recorded on the machine (Ray joins that by default, and hangs when it has gone)
-        address = address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False)
 
 
 def _closing_lines(tracker, what: str) -> str:
@@ -184,9 +181,10 @@ def _closing_lines(tracker, what: str) -> str:
     )
 
 
-def _train_spec(spec, args: argparse.Namespace, tracker) -> int:
-    prepare_data(spec)
-    _start_ray(args.address)
+def _train_spec(spec, args: argparse.Namespace, experiment: str) -> int:
+    prepare_data({spec.name: spec})
+    tracker = _tracker(args, experiment)
+    start_ray(args.address, [spec])
     ray_run = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {spec.name} ({spec.regime.name}) as run {ray_run} under {args.storage}")
     run_id, metrics = train_tracked(spec, args.storage, tracker, ray_run, spec.regime.name)
@@ -195,10 +193,12 @@ def _train_spec(spec, args: argparse.Namespace, tracker) -> int:
     return 0
 
 
-def _sweep_spec(spec, args: argparse.Namespace, tracker) -> int:
-    for trial in trial_specs(spec) if spec.sweep and spec.sweep.axes else [spec]:
-        prepare_data(trial)  # each trial's generated dataset (an axis may change it)
-    _start_ray(args.address)
+def _sweep_spec(spec, args: argparse.Namespace, experiment: str) -> int:
+    # each trial's data (an axis may change it), checked before any trial starts
+    trials = trial_specs(spec) if spec.sweep and spec.sweep.axes else {spec.name: spec}
+    prepare_data(trials)
+    tracker = _tracker(args, experiment)
+    start_ray(args.address, trials.values())
     resume = args.resume
     if resume == LATEST:
         resume = latest_sweep(args.storage, spec.name)
@@ -214,13 +214,13 @@ def _sweep_spec(spec, args: argparse.Namespace, tracker) -> int:
 def _train(args: argparse.Namespace) -> int:
     """Train one spec on Ray Train, tracked in MLflow."""
     spec = load_spec(args.spec, args.set)
-    return _train_spec(spec, args, _tracker(args, spec.name))
+    return _train_spec(spec, args, spec.name)
 
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run a spec's sweep on Ray Tune, tracked in MLflow."""
     spec = load_spec(args.spec, args.set)
-    return _sweep_spec(spec, args, _tracker(args, spec.name))
+    return _sweep_spec(spec, args, spec.name)
 
 
 def _rerun(args: argparse.Namespace) -> int:
@@ -239,11 +239,10 @@ def _rerun(args: argparse.Namespace) -> int:
             f"run {args.run_id}: cannot read its logged spec ({error.message})"
         ) from None
     experiment = client.get_experiment(run.info.experiment_id).name
-    tracker = Tracker(args.experiment or experiment, args.tracking_uri)
     print(f"rerunning {run.info.run_name} ({args.run_id}) of experiment {experiment!r}")
     if run.data.tags.get(TAG_KIND) == KIND_SWEEP:
-        return _sweep_spec(spec, args, tracker)
-    return _train_spec(spec, args, tracker)
+        return _sweep_spec(spec, args, experiment)
+    return _train_spec(spec, args, experiment)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -485,9 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (SpecError, FileNotFoundError, TrackingUnreachable, ClusterAuthError) as error:
+    except (
+        SpecError,
+        PreflightError,
+        FileNotFoundError,
+        TrackingUnreachable,
+        ClusterAuthError,
+        ClusterUnreachable,
+        CheckpointError,
+        DatasetError,
+        ImageError,
+        FileExistsError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

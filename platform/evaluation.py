@@ -31,6 +31,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from boxinst.platform.data.check import check_records, load_annotations, summarise
+from boxinst.platform.data.decode import finite_numbers, rle_counts
 from boxinst.platform.metrics import (
     AP_STATS,
     BOX_LIKENESS_FILL,
@@ -150,6 +152,17 @@ def check_results(
             raise EvaluationInputError(
                 f"{where}: category_id {result['category_id']!r} is not in the ground truth"
             )
+        box, score = result["bbox"], result["score"]
+        if not (isinstance(box, list) and len(box) == 4 and finite_numbers([*box, score])):
+            raise EvaluationInputError(
+                f"{where}: bbox {box!r} and score {score!r} must be 4 and 1 finite numbers"
+            )
+        if with_masks:
+            image = coco_gt.imgs[result["image_id"]]
+            try:
+                rle_counts(result["segmentation"], image["height"], image["width"])
+            except (ValueError, AttributeError) as error:
+                raise EvaluationInputError(f"{where}: segmentation: {error}") from None
 
 
 def group_category_ids(coco_gt: COCO, members: Sequence[str | int]) -> list[int]:
@@ -436,13 +449,16 @@ def _read_json(path: str | Path, what: str):
 
 
 def load_ground_truth(path: str | Path) -> COCO:
-    """A COCO-format ground-truth file as a pycocotools ``COCO``."""
-    data = _read_json(path, "ground-truth")
-    keys = ("images", "annotations", "categories")
-    missing = [key for key in keys if key not in data] if isinstance(data, dict) else keys
-    if missing:
+    """A COCO-format ground-truth file as a pycocotools ``COCO``, its records validated as the
+    training's loader validates them (:func:`boxinst.platform.data.check.check_records`): a
+    score is never computed against ground truth with NaN boxes or masks of the wrong size."""
+    data, problems = load_annotations(Path(path))
+    if data is None:
+        raise EvaluationInputError(f"ground-truth file {path} {problems[0].message}")
+    problems = check_records(data, str(path))
+    if problems:
         raise EvaluationInputError(
-            f"ground-truth file {path} is not a COCO dataset: no {', '.join(missing)}"
+            f"ground-truth file {path} has {len(problems)} problem(s):\n{summarise(problems)}"
         )
     return as_coco(data)
 

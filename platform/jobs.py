@@ -26,6 +26,7 @@ import yaml
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
+from boxinst.platform.ray_cluster import ClusterUnreachable
 from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import find_spec, load_spec, read_spec
 
@@ -94,6 +95,12 @@ def submit(
         (working_dir / SPEC_FILE).write_text(yaml.safe_dump(merged, sort_keys=False))
         try:
             client = JobSubmissionClient(address)
+        except ConnectionError:
+            raise ClusterUnreachable(
+                f"no Ray Jobs server answers at {address}; check the address (the head's "
+                "dashboard, http://HEAD:8265 by default) and that the cluster is up"
+            ) from None
+        try:
             job = dict(
                 entrypoint=job_entrypoint(command, overrides, storage, experiment),
                 runtime_env={

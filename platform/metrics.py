@@ -121,7 +121,7 @@ TAG_REGIME = "boxinst.regime"  # a trial's regime name
 TAG_AXES = "boxinst.axes"  # JSON object: a trial's sweep-axis values by dotted key
 TAG_SWEEP = "boxinst.sweep"  # a sweep's name: the Ray Tune experiment under the storage
 TAG_RAY_RUN = "boxinst.ray_run"  # the Ray Train run (name under the storage) a run trained in
-TAG_CHECKPOINT = "boxinst.checkpoint"  # URI of a trial's final checkpoint
+TAG_CHECKPOINT = "boxinst.checkpoint"  # URI of a run's latest checkpoint (final when it ended)
 TAG_COLLAPSE = "boxinst.collapse"  # what is wrong with a box-supervised trial's final masks
 
 ARTIFACT_CONFIG = "config"  # config/spec.yaml: the resolved spec (trial) or sweep spec (parent)

@@ -89,12 +89,16 @@ class MlflowCallback(UserCallback):
         self._last_step: dict[str, int] | None = None  # per key, the last step in MLflow
         self._pending: list[Metric] = []  # reported, not yet in MLflow, in report order
         self._outage_since: float | None = None  # when the server stopped answering
+        self._checkpoint: str | None = None  # the latest's path: what a failed run leaves
+        self._checkpoint_logged = True
 
     def after_report(self, run_context, metrics: list[dict], checkpoint: Checkpoint | None):
         """Buffer rank 0's metrics and try once to log the buffer; at the final report, retry
         until the buffer and the evaluation are logged, or raise past ``give_up_after``."""
         report = metrics[0]
         step, now = int(report[ITERATION]), int(time.time() * 1000)
+        if checkpoint is not None:
+            self._checkpoint, self._checkpoint_logged = checkpoint.path, False
         self._pending += [  # stamped now: a value keeps the time it was reported
             Metric(key, float(value), now, step)
             for key, value in report.items()
@@ -155,10 +159,14 @@ class MlflowCallback(UserCallback):
         return None
 
     def _flush(self) -> None:
-        """Log the pending metrics in order, leaving out the steps MLflow already has (and
-        repeats of a pending step): what is logged leaves the buffer, the rest stays."""
+        """Log the latest checkpoint's path as a tag and the pending metrics in order, leaving
+        out the steps MLflow already has (and repeats of a pending step): what is logged
+        leaves the buffer, the rest stays."""
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
+        if not self._checkpoint_logged:
+            self._client.set_tag(self.run_id, TAG_CHECKPOINT, self._checkpoint)
+            self._checkpoint_logged = True
         if self._last_step is None:
             self._last_step = self._logged_steps()
         last, fresh = dict(self._last_step), []
@@ -182,11 +190,10 @@ class MlflowCallback(UserCallback):
         }
 
     def _flush_final(self, checkpoint: Checkpoint | None) -> None:
-        """Log the pending metrics, then the final checkpoint's path and evaluation files."""
+        """Log the pending metrics and the final checkpoint's path, then its evaluation files."""
         self._flush()
         if checkpoint is None:
             return
-        self._client.set_tag(self.run_id, TAG_CHECKPOINT, checkpoint.path)
         with checkpoint.as_directory() as folder:
             for name in (ARTIFACT_EVALUATION, ARTIFACT_PREDICTIONS, ARTIFACT_OVERLAYS):
                 if (Path(folder) / name).is_dir():

@@ -4,8 +4,9 @@ GPU), reporting losses, throughput, checkpoints and COCO metrics to Ray Train.
 Every worker reports at the same iterations (Ray Train's report is a barrier): the losses every
 ``reporting.log_every`` iterations, a checkpoint every ``reporting.checkpoint_every``, the COCO
 metrics every ``evaluation.every`` (when set) and at the end. Rank 0 saves the checkpoints and
-evaluates; its final checkpoint also holds the evaluation's files (metrics, COCO results, mask
-overlays), which :class:`~boxinst.platform.mlflow_callback.MlflowCallback` logs as artifacts.
+evaluates; the trained model is checkpointed before its final evaluation, and the final
+checkpoint also holds the evaluation's files (metrics, COCO results, mask overlays), which
+:class:`~boxinst.platform.mlflow_callback.MlflowCallback` logs as artifacts.
 """
 
 from __future__ import annotations
@@ -109,13 +110,16 @@ def train_loop_per_worker(config: dict) -> None:
         train_steps(spec, state, train_loader, until, log, spec.reporting.log_every, model)
         if until == max_iter:
             break
-        metrics = {ITERATION: until}
-        if every and until % every == 0 and _is_rank0():
-            metrics.update(evaluate_model(spec, state.model, val_loader)[0])
+        # A model is checkpointed before it is evaluated: an evaluation that fails (an image
+        # that cannot be read, say) fails the run, but cannot cost it the model.
+        if until % spec.reporting.checkpoint_every == 0:
+            _report({ITERATION: until}, spec, state)
+        if every and until % every == 0:
+            metrics = evaluate_model(spec, state.model, val_loader)[0] if _is_rank0() else {}
             warn_of_collapse(spec, metrics, until)
-        checkpointed = until % spec.reporting.checkpoint_every == 0
-        _report(metrics, spec, state if checkpointed else None)
+            _report({**metrics, ITERATION: until}, spec)
 
+    _report({ITERATION: state.iteration}, spec, state)
     metrics, results = evaluate_model(spec, state.model, val_loader) if _is_rank0() else ({}, [])
     warn_of_collapse(spec, metrics, state.iteration)
     evaluation = (metrics, results, val_set, spec.evaluation.overlays)

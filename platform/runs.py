@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
+from ray.train import TrainingFailedError
 from ray.train.v2.api.callback import UserCallback
 
 from boxinst.platform.evaluation import collapse_warning
 from boxinst.platform.metrics import (
     ARTIFACT_CONFIG,
     KIND_TRIAL,
+    TAG_CHECKPOINT,
     TAG_COLLAPSE,
     TAG_KIND,
     TAG_RAY_RUN,
@@ -43,6 +45,23 @@ def unlogged_metrics_file(storage: str | Path, ray_run: str, run_id: str) -> Pat
     return folder / f"mlflow-unlogged-{run_id}.json"
 
 
+class RunFailedError(RuntimeError):
+    """A training run failed; the message gives the workers' error and where the run's latest
+    checkpoint is, which the failure leaves in place (``boxinst eval`` and ``predict`` read
+    it, and the same ``--name`` resumes from it)."""
+
+    def __init__(self, what: str, error: TrainingFailedError, checkpoint: str | None, folder: str):
+        failures = getattr(error, "worker_failures", None) or {"": error}
+        cause = str(next(iter(failures.values()))).strip().splitlines()[-1]
+        kept = (
+            f"its latest checkpoint is kept: {checkpoint} (boxinst eval and predict read it)"
+            if checkpoint
+            else f"MLflow has no checkpoint of it: any it wrote are under {folder}"
+        )
+        super().__init__(f"{what} failed: {cause}\n{kept}")
+        self.checkpoint = checkpoint
+
+
 def train_tracked(
     spec: TrainSpec,
     storage: str | Path,
@@ -56,7 +75,8 @@ def train_tracked(
     """Train ``spec`` as the Ray Train run ``ray_run`` under ``storage``, tracked in the MLflow
     run of that name (created, or resumed); returns the MLflow run id and the final metrics.
 
-    The MLflow run ends FINISHED, or FAILED / KILLED when training fails or is interrupted."""
+    The MLflow run ends FINISHED, or FAILED / KILLED when training fails or is interrupted;
+    a failure raises :class:`RunFailedError`, naming the checkpoint it leaves."""
     all_tags = {TAG_KIND: KIND_TRIAL, TAG_SPEC: spec.name, TAG_REGIME: spec.regime.name}
     all_tags.update(tags or {})
     run_id = tracker.resume_or_start(
@@ -70,7 +90,12 @@ def train_tracked(
             run_id,
             unlogged_metrics_file(storage, ray_run, run_id),
         )
-        result = build_trainer(spec, storage, ray_run, [logger, *callbacks]).fit()
+        try:
+            result = build_trainer(spec, storage, ray_run, [logger, *callbacks]).fit()
+        except TrainingFailedError as error:
+            what = f"run {ray_run} of {spec.name} ({spec.regime.name}, MLflow run {run_id})"
+            folder = f"{storage_uri(storage)}/{ray_run}"
+            raise RunFailedError(what, error, tracker.tag(run_id, TAG_CHECKPOINT), folder) from None
         warning = collapse_warning(result.metrics) if box_supervised(spec) else None
         if warning:
             tracker.client.set_tag(run_id, TAG_COLLAPSE, warning)

@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -124,9 +126,11 @@ class Data(Spec):
     box_priors: str = Field("data/box_priors", validate_default=True)
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
-    train_short_sizes: list[int] = Field(default_factory=lambda: list(COCO_TRAIN_SHORT_SIZES))
-    max_size: int = COCO_MAX_SIZE
-    test_short_size: int = COCO_TEST_SHORT_SIZE
+    train_short_sizes: list[PositiveInt] = Field(
+        default_factory=lambda: list(COCO_TRAIN_SHORT_SIZES), min_length=1
+    )
+    max_size: PositiveInt = COCO_MAX_SIZE
+    test_short_size: PositiveInt = COCO_TEST_SHORT_SIZE
     flip_prob: float = Field(0.5, ge=0, le=1)
     loader_workers: int = Field(2, ge=0)
 
@@ -289,12 +293,34 @@ def find_spec(name_or_path: str | Path, relative_to: Path | None = None) -> Path
     raise SpecError(f"spec {name_or_path!s} is neither a file nor a shipped spec {shipped}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping with a key twice (PyYAML keeps the last one
+    silently: a spec with two ``solver:`` sections would lose the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # refused by the SafeLoader's own mapping, below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
+
+
 def read_spec(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     """The spec's mapping with its ``extends`` chain merged in."""
     if path in _seen:
         raise SpecError(f"{path}: extends itself through {' -> '.join(map(str, _seen))}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _read_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(data, dict):
@@ -328,7 +354,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, equals, value = text.partition("=")
     if not equals or not key.strip():
         raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. --set solver.base_lr=0.02")
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.strip(), _read_yaml(value) if value.strip() else ""
+    except yaml.YAMLError as error:
+        raise SpecError(f"--set {text!r}: the value is not valid YAML ({error})") from None
 
 
 def validate(data: dict, source: str) -> TrainSpec:

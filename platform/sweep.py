@@ -91,14 +91,16 @@ def trial_spec(base: dict, axes: dict[str, Any], sweep: str = "sweep") -> TrainS
     return validate(data, f"{sweep} (trial {json.dumps(axes)})")
 
 
-def trial_specs(spec: TrainSpec) -> list[TrainSpec]:
-    """The spec of every point of the sweep's grid (each validated)."""
+def trial_specs(spec: TrainSpec) -> dict[str, TrainSpec]:
+    """The spec of every point of the sweep's grid (each validated), by trial name."""
     axes = spec.sweep.axes
     base = spec_base(spec)
-    return [
-        trial_spec(base, dict(zip(axes, values, strict=True)), spec.name)
-        for values in itertools.product(*axes.values())
-    ]
+    trials = {}
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values, strict=True))
+        trial = trial_spec(base, point, spec.name)
+        trials[trial_name(trial, point)] = trial
+    return trials
 
 
 def trial_name(spec: TrainSpec, axes: dict[str, Any]) -> str:

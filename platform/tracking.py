@@ -23,6 +23,7 @@ from time import time
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
@@ -127,6 +128,13 @@ class Tracker:
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
+
+    def tag(self, run_id: str, key: str) -> str | None:
+        """The value of a run's tag ``key``, if it has one (None also when MLflow is down)."""
+        try:
+            return self.client.get_run(run_id).data.tags.get(key)
+        except MlflowException:
+            return None
 
     def find(self, tag: str, value: str) -> str | None:
         """The id of this experiment's run tagged ``tag=value``, if there is one."""

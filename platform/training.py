@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from boxinst.models.condinst import CondInst
+from boxinst.platform import preflight
 from boxinst.platform.data.box_prior import ensure_priors, load_priors
 from boxinst.platform.data.coco import CocoInstanceDataset
 from boxinst.platform.data.collate import collate_instances
@@ -60,12 +61,17 @@ from boxinst.platform.spec import SpecError, TrainSpec
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def prepare_data(spec: TrainSpec) -> None:
-    """Before a run starts: its generated dataset, and the box priors of its training set when
-    the regime learns from them (computed once, on every CPU of this machine)."""
-    generate_data(spec)
-    if spec.regime.prior:
-        box_prior_file(spec)
+def prepare_data(runs: Mapping[str, TrainSpec]) -> None:
+    """Before runs start (one, or a sweep's trials, by name): their generated datasets, the
+    checks of each spec against its data (:mod:`boxinst.platform.preflight`, raising
+    ``PreflightError``), then the box priors of the training sets whose regime learns from
+    them (computed once, on every CPU of this machine)."""
+    for spec in runs.values():
+        generate_data(spec)
+    preflight.check(runs)
+    for spec in runs.values():
+        if spec.regime.prior:
+            box_prior_file(spec)
 
 
 def generate_data(spec: TrainSpec) -> None:
@@ -195,8 +201,22 @@ def save_checkpoint(state: TrainState, spec: TrainSpec, folder: Path) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A file that is not a whole checkpoint (cut short, another format); the message names it."""
+
+
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The state :func:`save_checkpoint` wrote, read with ``weights_only`` (no code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises what its zip and unpickling layers meet
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason}): not a whole checkpoint written by "
+            "boxinst training (cut short, or another file)"
+        ) from None
 
 
 def build_state(spec: TrainSpec, device: torch.device) -> TrainState:

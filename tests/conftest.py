@@ -176,7 +176,7 @@ def tiny_spec(tmp_path):
 
     def load(*overrides: str):
         spec = load_spec(write_tiny_spec(tmp_path), list(overrides))
-        prepare_data(spec)
+        prepare_data({spec.name: spec})
         return spec
 
     return load

@@ -16,6 +16,7 @@ TINY = {
     "data": ["--images", "4", "--workers", "0", "1", "--batch", "2"],
     "eval": ["--images", "3", "--detections", "10"],
     "inference": ["--configs", "coco", "--size", "64", "96", "--repeats", "1"],
+    "preflight": ["--images", "5"],
 }
 
 
@@ -87,12 +88,19 @@ def check_inference(result: dict, configs: list[str]) -> None:
     assert all(r["detections_per_image"] == 100 for r in result["configs"].values())
 
 
+def check_preflight(result: dict, images: int) -> None:
+    assert result["images"] == images and result["annotations"] > 0
+    assert result["problems"] == 0  # the generated file is sound, its images all there
+    assert all(seconds > 0 for seconds in result["seconds"].values())
+
+
 CHECKS = {
     "mask-loss": check_mask_loss,
     "train-step": lambda result: check_train_step(result, ["small"]),
     "data": lambda result: check_data(result, ["0", "1"]),
     "eval": lambda result: check_eval(result, 3, 10),
     "inference": lambda result: check_inference(result, ["coco"]),
+    "preflight": lambda result: check_preflight(result, 5),
 }
 
 
@@ -115,3 +123,4 @@ def test_all_writes_every_benchmark_into_one_json(tmp_path):
     check_data(results["data"], ["0", "1", "2"])
     check_eval(results["eval"], 3, 100)
     check_inference(results["inference"], ["small", "coco"])
+    check_preflight(results["preflight"], 3)

@@ -103,7 +103,9 @@ def _ground_truth() -> dict:
                 "iscrowd": iscrowd,
             }
         )
-    images = [{"id": i, "height": HEIGHT, "width": WIDTH} for i in (10, 11, 12)]
+    images = [
+        {"id": i, "file_name": f"{i}.png", "height": HEIGHT, "width": WIDTH} for i in (10, 11, 12)
+    ]
     return {"images": images, "annotations": annotations, "categories": CATEGORIES}
 
 

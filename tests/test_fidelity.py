@@ -31,7 +31,7 @@ from boxinst.platform.metrics import (
 from boxinst.platform.objective import LossConfig
 from boxinst.platform.spec import SpecError, load_spec
 from boxinst.platform.sweep import trial_specs
-from boxinst.platform.training import prepare_data
+from boxinst.platform.training import generate_data
 
 
 def scenes(style: str, count: int = 12):
@@ -118,13 +118,13 @@ def test_generated_data_without_paths_lives_in_a_folder_of_its_settings(tmp_path
     monkeypatch.chdir(tmp_path)
     synth = {"train_images": 2, "val_images": 1, "min_size": 64, "max_size": 64}
     spec = load_spec(spec_file(tmp_path, {"synth": synth}))
-    trials = trial_specs(spec)
+    trials = list(trial_specs(spec).values())
     folders = {t.data.synth.style: t.data.train.annotations for t in trials}
     assert len(trials) == 4 and len(set(folders.values())) == 2  # one dataset per style
     assert all(path.startswith(str(tmp_path / "data" / "generated")) for path in folders.values())
     assert "textured-" in folders["textured"] and "flat-" in folders["flat"]
     for trial in trials:
-        prepare_data(trial)
+        generate_data(trial)
     for style, path in folders.items():
         info = json.loads(open(path).read())["info"]["synth_config"]
         assert info["style"] == style
@@ -136,10 +136,10 @@ def test_a_generated_dataset_made_with_other_settings_is_refused(tmp_path, monke
     synth = {"train_images": 2, "val_images": 1, "min_size": 64, "max_size": 64}
     split = lambda name: {"annotations": f"d/{name}/annotations.json", "images": f"d/{name}/images"}  # noqa: E731
     data = {"train": split("train"), "val": split("val"), "synth": synth}
-    prepare_data(load_spec(spec_file(tmp_path, data)))
+    generate_data(load_spec(spec_file(tmp_path, data)))
     changed = {**data, "synth": {**synth, "style": "textured"}}
     with pytest.raises(SpecError, match="style differ"):
-        prepare_data(load_spec(spec_file(tmp_path, changed)))
+        generate_data(load_spec(spec_file(tmp_path, changed)))
 
 
 def test_colour_prior_statistics_on_a_hand_made_image():

@@ -2,6 +2,7 @@
 a real local Ray cluster, tracked by a real MLflow server on 127.0.0.1."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from conftest import write_tiny_spec
 from mlflow.tracking import MlflowClient
 
 from boxinst.platform.cli import main
+from boxinst.platform.data.box_prior import PriorSettings, prior_file
 from boxinst.platform.metrics import (
     KIND_SWEEP,
     KIND_TRIAL,
@@ -17,6 +19,8 @@ from boxinst.platform.metrics import (
     TAG_KIND,
     TAG_REGIME,
 )
+from boxinst.platform.spec import load_spec
+from boxinst.platform.training import generate_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,8 +28,9 @@ AXES = {
     "regime": [
         "box_only",
         "projection_only",
-        # masks for a class the dataset does not have: fails when a worker builds the dataset
-        {"name": "broken", "masks": {"classes": ["no_such_shape"]}},
+        # learns from box priors whose cache file the fixture corrupts: passes the checks
+        # before start (they do not read the cache), fails when its worker loads the priors
+        {"name": "broken", "masks": "none", "prior": True},
     ]
 }
 
@@ -44,6 +49,12 @@ def sweep(local_ray, mlflow_server, tmp_path_factory):
     argv = ["sweep", str(spec), "--tracking-uri", mlflow_server, "--storage", str(folder / "runs")]
     overrides = ["--set", f"sweep={json.dumps({'axes': AXES})}"]
     overrides += ["--set", "reporting={log_every: 2, checkpoint_every: 3}"]
+    overrides += ["--set", f"data.box_priors={folder / 'priors'}"]
+    loaded = load_spec(spec, overrides[1::2])
+    generate_data(loaded)
+    corrupt = prior_file(Path(loaded.data.train.annotations), folder / "priors", PriorSettings())
+    corrupt.parent.mkdir()
+    corrupt.write_text('{"priors": ')
     assert main(argv + overrides) == 0
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("tiny").experiment_id

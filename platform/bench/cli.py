@@ -14,7 +14,7 @@ from types import ModuleType
 
 import torch
 
-from boxinst.platform.bench import coco_eval, inference, loading, mask_loss, train_step
+from boxinst.platform.bench import coco_eval, inference, loading, mask_loss, preflight, train_step
 from boxinst.platform.bench.batches import CONFIGS
 from boxinst.platform.bench.harness import DEFAULT_OUT_DIR, environment, machine_load, write_json
 
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
     "data": (loading, "data-loading images/s per DataLoader worker count"),
     "eval": (coco_eval, "COCO mask+box evaluation time of a COCO-sized results file"),
     "inference": (inference, "CondInst.predict images/s, small CPU model and R-50 COCO model"),
+    "preflight": (preflight, "the checks before a run on a COCO-sized annotation file"),
 }
 
 
@@ -92,6 +93,8 @@ def _arguments(name: str, parser: argparse.ArgumentParser) -> None:
         _configs(parser)
         _size(parser)
         _repeats(parser)
+    elif name == "preflight":
+        parser.add_argument("--images", type=int, help="images (118287, COCO train2017's)")
 
 
 def _options(args: argparse.Namespace, names) -> dict:

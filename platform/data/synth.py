@@ -48,6 +48,13 @@ class SynthConfig:
                 f"object_size {list(self.object_size)}: radii are fractions of the image's "
                 "shorter side, 0 < low <= high <= 0.5 (a shape must fit in its image)"
             )
+        counts = {"train_images": self.train_images, "val_images": self.val_images}
+        counts["max_objects"] = self.max_objects
+        for name, count in counts.items():
+            if count < 1:
+                raise ValueError(f"{name} {count}: at least 1")
+        if not 0 <= self.low_contrast <= 1:
+            raise ValueError(f"low_contrast {self.low_contrast}: a share of objects, 0..1")
         if not 0 < self.min_size <= self.max_size:
             raise ValueError(
                 f"min_size {self.min_size}, max_size {self.max_size}: need 0 < min <= max"
