@@ -78,6 +78,11 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+#: The tags of the experiments boxinst creates: model training, so that the MLflow UI opens
+#: them on their runs (untagged, MLflow 3 infers the kind and may open its GenAI view).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 class Tracker:
     """Runs of one MLflow experiment."""
 
@@ -87,7 +92,9 @@ class Tracker:
         self.client = MlflowClient(self.tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         )
 
     def start(

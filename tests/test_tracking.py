@@ -44,6 +44,9 @@ def test_parent_and_nested_runs_with_params_metrics_and_status(mlflow_server, tm
     assert "note" not in run.data.metrics
     assert [a.path for a in client.list_artifacts(child, "evaluation")] == ["evaluation/eval.json"]
     assert client.get_run(parent).info.status == "FINISHED"
+    # an experiment of model training: the MLflow UI opens it on its runs
+    tags = client.get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_failed_and_interrupted_runs_are_never_left_running(mlflow_server):
