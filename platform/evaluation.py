@@ -9,6 +9,10 @@ Results use COCO's results format, one dict per detection: ``image_id``, ``categ
 dataset's id), ``bbox`` (xywh in pixels of the original image), ``score`` and ``segmentation``
 (a compressed RLE whose ``counts`` is a str, so that a results list is JSON-serialisable).
 
+Scoring is pycocotools' COCOeval computed by faster-coco-eval's compiled implementation of it
+(``COCOeval_faster``, on pycocotools' own ``COCO`` objects): the same 12 numbers to 1e-6 (tested
+against pycocotools), 6-11x faster (``boxinst bench eval`` measures both side by side).
+
 Bad input (a missing or malformed file, records naming unknown images or categories, unknown
 class group members) raises :class:`EvaluationInputError`, whose message names the file or the
 record, so that a CLI can print it instead of a traceback.
@@ -27,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from faster_coco_eval import COCOeval_faster
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -191,6 +196,7 @@ def evaluate(
     results: Sequence[Mapping],
     groups: Groups | None = None,
     source: str = "results",
+    scorer: type = COCOeval_faster,
 ) -> dict[str, float]:
     """COCO mask (``segm``) and box (``bbox``) AP, AP50, AP75, APs, APm, APl in percent, over
     all classes and over each class group (``groups``: name -> category names or ids).
@@ -198,7 +204,8 @@ def evaluate(
     The numbers are exactly those of pycocotools' COCOeval (a group restricts
     ``params.catIds``). For masks, each detection's area (which decides its APs/APm/APl range)
     is its mask's area, not its box's. No detections give AP 0 where there is ground truth.
-    ``source`` names the results in error messages.
+    ``source`` names the results in error messages; ``scorer`` is the COCOeval implementation
+    (pycocotools' own ``COCOeval`` gives the same numbers, slower).
     """
     coco_gt = as_coco(coco_gt)
     check_results(coco_gt, results, source)
@@ -209,9 +216,10 @@ def evaluate(
     metrics = {}
     for iou_type in IOU_TYPES:
         coco_dt = _detections(coco_gt, results, iou_type)
-        metrics.update(_ap_metrics(coco_gt, coco_dt, iou_type))
+        metrics.update(_ap_metrics(scorer(coco_gt, coco_dt, iou_type), iou_type))
         for name, category_ids in category_groups.items():
-            metrics.update(_ap_metrics(coco_gt, coco_dt, iou_type, name, category_ids))
+            evaluator = scorer(coco_gt, coco_dt, iou_type)
+            metrics.update(_ap_metrics(evaluator, iou_type, name, category_ids))
     return metrics
 
 
@@ -234,13 +242,12 @@ def _detections(coco_gt: COCO, results: Sequence[Mapping], iou_type: str) -> COC
 
 
 def _ap_metrics(
-    coco_gt: COCO,
-    coco_dt: COCO,
+    evaluator: COCOeval,
     iou_type: str,
     group: str | None = None,
     category_ids: list[int] | None = None,
 ) -> dict[str, float]:
-    evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    """The 6 AP numbers of a COCOeval (over ``category_ids`` when given), in percent."""
     if category_ids is not None:
         evaluator.params.catIds = category_ids
     with _quiet():

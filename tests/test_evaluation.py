@@ -204,7 +204,8 @@ def test_perfect_predictions_give_ap_100(gt):
     assert math.isnan(metrics["segm_seen/APm"])
 
 
-def test_metrics_equal_a_direct_cocoeval_run(gt):
+def test_metrics_equal_a_direct_pycocotools_run(gt):
+    """pycocotools is the reference: the compiled scorer evaluation uses gives its numbers."""
     results = _results(gt, perturb=True)
     metrics = evaluate(gt, results, GROUPS)
     assert 0 < metrics["segm/AP"] < 100
@@ -212,7 +213,55 @@ def test_metrics_equal_a_direct_cocoeval_run(gt):
         for group, category_ids in ((None, None), ("unseen", [3, 7]), ("seen", [1])):
             stats = _direct_cocoeval(gt, results, iou_type, category_ids)
             expected = np.where(stats < 0, np.nan, 100.0 * stats)
-            np.testing.assert_array_equal(_stats(metrics, iou_type, group), expected)
+            actual = _stats(metrics, iou_type, group)
+            np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6, equal_nan=True)
+
+
+def test_a_mask_result_is_sized_by_its_mask_not_its_box():
+    """detectron2's convention: segm results are scored without their box, so the area range
+    (APs/APm/APl) of a detection is its mask's. A false positive with a small mask but a box
+    over the whole image, scored first, halves the small objects' mask AP; were its box's area
+    used, it would fall outside the small range and be ignored there."""
+    square = lambda x, y: [[x, y, x + 10, y, x + 10, y + 10, x, y + 10]]  # noqa: E731
+    gt = {
+        "images": [{"id": 1, "file_name": "1.png", "height": 200, "width": 200}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 10, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": square(10, 10),
+            }
+        ],
+    }
+
+    def rle(x, y):
+        encoded = mask_util.merge(mask_util.frPyObjects(square(x, y), 200, 200))
+        return {"size": encoded["size"], "counts": encoded["counts"].decode()}
+
+    results = [
+        {
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [10, 10, 10, 10],
+            "score": 0.9,
+            "segmentation": rle(10, 10),
+        },
+        {
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [0, 0, 200, 200],
+            "score": 0.95,
+            "segmentation": rle(150, 150),
+        },
+    ]
+    metrics = evaluate(gt, results)
+    assert metrics["segm/APs"] == pytest.approx(50.5, abs=0.6)  # the false positive counts
+    assert metrics["bbox/APs"] == pytest.approx(100.0)  # its box is large: ignored there
 
 
 def test_no_detections_give_ap_0(gt):

@@ -1,5 +1,6 @@
-"""``boxinst bench eval``: :func:`boxinst.platform.evaluation.evaluate_files` (what
-``boxinst evaluate`` runs: JSON parsing, checks, COCOeval for masks and boxes) on a COCO-sized
+"""``boxinst bench eval``: :func:`boxinst.platform.evaluation.evaluate` (what ``boxinst
+evaluate`` runs after reading the files: checks, COCOeval for masks and boxes), with pycocotools'
+COCOeval and with faster-coco-eval's side by side, on a COCO-sized
 synthetic pair of files: ground truth of 640x480 images with 1-14 instances of 80 categories
 (polygon masks), and ``detections`` results per image with compressed RLE masks, one jittered
 copy of each ground-truth instance and the rest at random."""
@@ -13,10 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from faster_coco_eval import COCOeval_faster
 from pycocotools import mask as mask_util
+from pycocotools.cocoeval import COCOeval
 
 from boxinst.platform.bench.harness import table
-from boxinst.platform.evaluation import evaluate_files
+from boxinst.platform.evaluation import evaluate, load_ground_truth, load_results
 from boxinst.platform.metrics import SEGM_AP
 
 WIDTH, HEIGHT, CATEGORIES = 640, 480, 80
@@ -85,32 +88,53 @@ def synthetic_files(folder: Path, images: int, detections: int, seed: int = 0):
     return gt_path, results_path
 
 
+#: The COCOeval implementations timed side by side: the reference, and the one evaluation uses.
+SCORERS = {"pycocotools": COCOeval, "faster-coco-eval": COCOeval_faster}
+
+
 def run(images: int = 5000, detections: int = 100) -> dict:
-    """Seconds to generate the files and to evaluate them."""
+    """Seconds to generate the files, to read and check them, and to evaluate them with each
+    scorer (checks of the results, pycocotools' ``loadRes``, then COCOeval for masks and boxes),
+    with the ratio and the largest difference of their metrics."""
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         gt_path, results_path = synthetic_files(Path(root), images, detections)
         generated = time.perf_counter()
-        metrics = evaluate_files(gt_path, results_path)
-        evaluated = time.perf_counter()
+        coco_gt, results = load_ground_truth(gt_path), load_results(results_path)
+        loaded = time.perf_counter()
+        scored = {}
+        for name, scorer in SCORERS.items():
+            began = time.perf_counter()
+            metrics = evaluate(coco_gt, results, scorer=scorer)
+            scored[name] = (time.perf_counter() - began, metrics)
+        (reference_s, reference), (fast_s, fast) = scored.values()
         return {
             "images": images,
             "detections_per_image": detections,
             "results_mib": results_path.stat().st_size / 2**20,
             "generate_s": generated - start,
-            "evaluate_s": evaluated - generated,
-            "images_per_s": images / (evaluated - generated),
-            "segm_AP": metrics[SEGM_AP],
+            "load_s": loaded - generated,
+            "scorers": {
+                name: {"evaluate_s": seconds, "images_per_s": images / seconds}
+                for name, (seconds, _) in scored.items()
+            },
+            "speedup": reference_s / fast_s,
+            "largest_difference": max(
+                abs(value - reference[key])
+                for key, value in fast.items()
+                if not (math.isnan(value) and math.isnan(reference[key]))
+            ),
+            "segm_AP": fast[SEGM_AP],
         }
 
 
 def summary(result: dict) -> str:
-    row = (
-        result["images"],
-        result["detections_per_image"],
-        result["results_mib"],
-        result["evaluate_s"],
-        result["images_per_s"],
+    rows = [(name, r["evaluate_s"], r["images_per_s"]) for name, r in result["scorers"].items()]
+    return (
+        f"COCO evaluation (masks and boxes) of {result['images']} images x "
+        f"{result['detections_per_image']} detections ({result['results_mib']:.0f} MiB of "
+        f"results; reading and checking the files {result['load_s']:.1f} s)\n"
+        + table(["scorer", "evaluate s", "images/s"], rows)
+        + f"\nfaster-coco-eval: {result['speedup']:.1f}x, largest metric difference "
+        f"{result['largest_difference']:.1e} (AP points)"
     )
-    header = ["images", "detections", "results MiB", "evaluate s", "images/s"]
-    return "COCO evaluation (masks and boxes)\n" + table(header, [row])
