@@ -95,12 +95,6 @@ def submit(
         (working_dir / SPEC_FILE).write_text(yaml.safe_dump(merged, sort_keys=False))
         try:
             client = JobSubmissionClient(address)
-        except ConnectionError:
-            raise ClusterUnreachable(
-                f"no Ray Jobs server answers at {address}; check the address (the head's "
-                "dashboard, http://HEAD:8265 by default) and that the cluster is up"
-            ) from None
-        try:
             job = dict(
                 entrypoint=job_entrypoint(command, overrides, storage, experiment),
                 runtime_env={
@@ -112,6 +106,11 @@ def submit(
             return _submit_when_an_agent_is_up(client, job)
         except AuthenticationError as error:
             raise ClusterAuthError(address, _is_rejection(error)) from None
+        except ConnectionError:  # what the client raises when nothing answers at the address
+            raise ClusterUnreachable(
+                f"no Ray Jobs server answers at {address}; check the address (the head's "
+                "dashboard, http://HEAD:8265 by default) and that the cluster is up"
+            ) from None
 
 
 #: How long a submission waits for the cluster's job agent (a head just started, on a busy
