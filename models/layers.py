@@ -14,14 +14,26 @@ def aligned_bilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
     An input cell ``i`` has its centre at ``factor * i + factor // 2`` of the output grid;
     interpolating corner-aligned between those centres, then shifting by ``factor // 2``
     (replicating the border), gives that alignment, unlike ``F.interpolate``'s half-pixel one.
+    The border is replicated by indexing, not ``F.pad(mode="replicate")``, whose backward
+    ``torch.compile`` cannot build here.
     """
     if factor == 1:
         return x
     h, w = x.shape[-2:]
-    x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+    x = _replicate(x, rows=range(h + 1), cols=range(w + 1))  # one row and column more
     x = F.interpolate(x, size=(factor * h + 1, factor * w + 1), mode="bilinear", align_corners=True)
-    x = F.pad(x, (factor // 2, 0, factor // 2, 0), mode="replicate")
-    return x[:, :, : factor * h, : factor * w]
+    shift = factor // 2  # output pixel i is interpolated pixel i - shift, the first one repeated
+    return _replicate(
+        x, rows=range(-shift, factor * h - shift), cols=range(-shift, factor * w - shift)
+    )
+
+
+def _replicate(x: torch.Tensor, rows: range, cols: range) -> torch.Tensor:
+    """``x[..., rows, cols]`` with the indices outside the map clamped to its border."""
+    h, w = x.shape[-2:]
+    row_index = torch.arange(rows.start, rows.stop, device=x.device).clamp(0, h - 1)
+    col_index = torch.arange(cols.start, cols.stop, device=x.device).clamp(0, w - 1)
+    return x.index_select(-2, row_index).index_select(-1, col_index)
 
 
 def feature_locations(height: int, width: int, stride: int, device=None) -> torch.Tensor:

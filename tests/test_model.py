@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -56,6 +57,29 @@ def test_aligned_bilinear_keeps_input_values_at_cell_centres():
         centres = up[0, 0, factor // 2 :: factor, factor // 2 :: factor]
         torch.testing.assert_close(centres, x[0, 0])
     assert aligned_bilinear(x, 1) is x
+
+
+def test_aligned_bilinear_equals_adelaidet_padding_formulation():
+    """The same values as AdelaiDet's ``F.pad(mode="replicate")`` formulation (whose backward
+    torch.compile cannot build), gradients equal to float rounding."""
+
+    def padded(x, factor):
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+        size = (factor * h + 1, factor * w + 1)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        x = F.pad(x, (factor // 2, 0, factor // 2, 0), mode="replicate")
+        return x[:, :, : factor * h, : factor * w]
+
+    torch.manual_seed(0)
+    for factor in (2, 4, 8):
+        x = torch.randn(2, 3, 7, 9, requires_grad=True)
+        ours, theirs = aligned_bilinear(x, factor), padded(x, factor)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        upstream = torch.randn_like(ours)
+        (ours_grad,) = torch.autograd.grad(ours, x, upstream)
+        (theirs_grad,) = torch.autograd.grad(theirs, x, upstream)
+        torch.testing.assert_close(ours_grad, theirs_grad, rtol=0, atol=1e-5)
 
 
 def test_backbone_matches_torchvision_resnet_and_fpn_sizes():
