@@ -416,7 +416,14 @@ PREDICTION_CASES = [
         id="rle-of-another-size",
     ),
     pytest.param(
-        [{"segmentation": "counts"}], "segmentation: 'str' object", id="segmentation-a-string"
+        [{"segmentation": "counts"}],
+        "segmentation: an RLE expected, not str",
+        id="segmentation-a-string",
+    ),
+    pytest.param(
+        [{"segmentation": {"size": [79, 79], "counts": "~~~"}}],
+        "an RLE string with bad char",
+        id="rle-bad-characters",
     ),
 ]
 
