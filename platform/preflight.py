@@ -130,47 +130,72 @@ def problems(spec: TrainSpec) -> list[str]:
             found.append(f"{key}: {split.annotations} has no categories")
     if not train.categories or not val.categories:
         return found
+    return (
+        found
+        + _class_problems(spec, train, val)
+        + _batch_problems(spec, train)
+        + _mask_policy_problems(spec, train)
+        + _group_problems(spec, val)
+    )
+
+
+def _class_problems(spec: TrainSpec, train: SplitSummary, val: SplitSummary) -> list[str]:
+    """The model's classes are the training set's: the validation set must have the same, and
+    ``model.num_classes`` must cover them."""
+    found = []
     if train.categories != val.categories:
         found.append(
-            f"data.val: {data.val.annotations} has other categories than data.train's "
-            f"{data.train.annotations} (ids and names must match: the model's classes are "
-            "the training set's)"
+            f"data.val: {spec.data.val.annotations} has other categories than data.train's "
+            f"{spec.data.train.annotations} (ids and names must match)"
         )
-    classes = len(train.categories)
-    if spec.model.num_classes < classes:
+    if spec.model.num_classes < len(train.categories):
         found.append(
-            f"model.num_classes: {spec.model.num_classes}, but {data.train.annotations} has "
-            f"{classes} categories"
+            f"model.num_classes: {spec.model.num_classes}, but {spec.data.train.annotations} "
+            f"has {len(train.categories)} categories"
         )
+    return found
+
+
+def _batch_problems(spec: TrainSpec, train: SplitSummary) -> list[str]:
+    """Each worker's share of the images with annotations must fill its share of a batch."""
     workers = spec.resources.num_workers
-    per_worker = max(spec.solver.ims_per_batch // workers, 1)
-    if train.annotated_images // workers < per_worker:
-        found.append(
-            f"solver.ims_per_batch: {spec.solver.ims_per_batch} images per batch over "
-            f"{workers} worker(s), but {data.train.annotations} has "
-            f"{train.annotated_images} image(s) with annotations"
-        )
-    names = [name for _, name in train.categories]
+    if train.annotated_images // workers >= max(spec.solver.ims_per_batch // workers, 1):
+        return []
+    return [
+        f"solver.ims_per_batch: {spec.solver.ims_per_batch} images per batch over {workers} "
+        f"worker(s), but {spec.data.train.annotations} has {train.annotated_images} image(s) "
+        "with annotations"
+    ]
+
+
+def _mask_policy_problems(spec: TrainSpec, train: SplitSummary) -> list[str]:
+    """The policy's classes must be the training set's, and what it gives a mask must have one."""
     policy = parse_mask_policy(spec.regime.masks)
     try:
-        policy.check_categories(names)
+        policy.check_categories([name for _, name in train.categories])
     except ValueError as error:
-        found.append(f"regime.masks: {error}")
-    else:
-        found += [
-            f"regime.masks: {data.train.annotations}: annotation id {aid} (image id {iid}) "
-            f"has no segmentation, but the mask policy {policy.to_spec()!r} gives it a mask"
-            for aid, iid, name, has_segmentation in train.annotations
-            if not has_segmentation and policy.has_mask(aid, name)
-        ]
-    val_names = {name for _, name in val.categories}
-    val_ids = {str(cid) for cid, _ in val.categories}
+        return [f"regime.masks: {error}"]
+    return [
+        f"regime.masks: {spec.data.train.annotations}: annotation id {aid} (image id {iid}) "
+        f"has no segmentation, but the mask policy {policy.to_spec()!r} gives it a mask"
+        for aid, iid, name, has_segmentation in train.annotations
+        if not has_segmentation and policy.has_mask(aid, name)
+    ]
+
+
+def _group_problems(spec: TrainSpec, val: SplitSummary) -> list[str]:
+    """Each evaluation group needs classes, named or numbered as the validation set's."""
+    names = {name for _, name in val.categories}
+    known = names | {str(cid) for cid, _ in val.categories}
+    found = []
     for group, members in spec.evaluation.groups.items():
-        unknown = [m for m in members if str(m) not in val_names | val_ids]
-        if unknown or not members:
+        unknown = [member for member in members if str(member) not in known]
+        if not members:
+            found.append(f"evaluation.groups.{group}: no classes")
+        elif unknown:
             found.append(
-                f"evaluation.groups.{group}: {unknown or 'no classes'} are not categories of "
-                f"{data.val.annotations} (names: {', '.join(sorted(val_names))})"
+                f"evaluation.groups.{group}: {unknown} are not categories of "
+                f"{spec.data.val.annotations} (names: {', '.join(sorted(names))})"
             )
     return found
 
