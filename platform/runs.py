@@ -52,7 +52,8 @@ class RunFailedError(RuntimeError):
 
     def __init__(self, what: str, error: TrainingFailedError, checkpoint: str | None, folder: str):
         failures = getattr(error, "worker_failures", None) or {"": error}
-        cause = str(next(iter(failures.values()))).strip().splitlines()[-1]
+        first = next(iter(failures.values()))
+        cause = (str(first).strip().splitlines() or [type(first).__name__])[-1]  # its last line
         kept = (
             f"its latest checkpoint is kept: {checkpoint} (boxinst eval and predict read it)"
             if checkpoint
