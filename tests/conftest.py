@@ -18,6 +18,7 @@ import pytest
 import ray
 import yaml
 
+from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.quick_train import small_model_config
 from boxinst.platform.spec import load_spec
 from boxinst.platform.training import prepare_data
@@ -214,3 +215,17 @@ def kill_session(session: int, timeout: float = 30) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def sound(tmp_path_factory):
+    """A sound generated training split (seed 1: 4 images of 64-80 px), made once."""
+    out = tmp_path_factory.mktemp("sound")
+    synthesize(out, SynthConfig(seed=1, train_images=4, val_images=1, min_size=64, max_size=80))
+    return out / "train"
+
+
+@pytest.fixture
+def split(sound, tmp_path):
+    """A fresh copy of the sound split, to break."""
+    return Path(shutil.copytree(sound, tmp_path / "train"))

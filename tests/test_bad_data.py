@@ -17,7 +17,6 @@ import shutil
 import struct
 import zlib
 from functools import reduce
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,22 +26,8 @@ from pycocotools import mask as mask_utils
 from boxinst.platform.cli import main
 from boxinst.platform.data.coco import CocoInstanceDataset
 from boxinst.platform.data.decode import decode_segmentation, read_rgb
-from boxinst.platform.data.synth import SynthConfig, synthesize
 
 NAN, INF = float("nan"), float("inf")
-
-
-@pytest.fixture(scope="module")
-def sound(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sound")
-    synthesize(out, SynthConfig(seed=1, train_images=4, val_images=1, min_size=64, max_size=80))
-    return out / "train"
-
-
-@pytest.fixture
-def split(sound, tmp_path):
-    """A fresh copy of the sound split, to break."""
-    return Path(shutil.copytree(sound, tmp_path / "train"))
 
 
 # --- mutations: each takes the split folder and breaks it in place ------------------------------

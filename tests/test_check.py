@@ -1,27 +1,11 @@
 """`boxinst data check`: each kind of bad input is reported with its file and record."""
 
 import json
-import shutil
 
 import cv2
-import pytest
 
 from boxinst.platform.cli import main
 from boxinst.platform.data.check import check_dataset, resolve
-from boxinst.platform.data.synth import SynthConfig, synthesize
-
-
-@pytest.fixture(scope="module")
-def sound(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sound")
-    synthesize(out, SynthConfig(seed=1, train_images=4, val_images=1, min_size=64, max_size=80))
-    return out / "train"
-
-
-@pytest.fixture
-def split(sound, tmp_path):
-    """A fresh copy of a sound split, to break."""
-    return shutil.copytree(sound, tmp_path / "train")
 
 
 def edit(split, change):
