@@ -262,6 +262,11 @@ BOX_AS_MASK_AP, WORST_BOX_RATIO = "box-as-mask AP", "× box-as-mask, worst seed"
 WORST_SEED = "AP, worst seed"
 
 
+def _ratio(value: float, reference: float) -> float:
+    """``value / reference``; NaN where the reference is zero or missing (no full run)."""
+    return value / reference if reference and not math.isnan(reference) else math.nan
+
+
 def supervision_gap_table(trials: pd.DataFrame, keys: list[str]) -> Table | None:
     """How close box supervision comes to full supervision, setting by setting (a data style,
     say): per box-supervised regime, its mask AP over the seeds (mean and worst), the fully
@@ -290,7 +295,7 @@ def supervision_gap_table(trials: pd.DataFrame, keys: list[str]) -> Table | None
             ap: group[ap].mean(),
             WORST_SEED: group[ap].min(),
             FULL_AP: same[ap].mean(),
-            RATIO: group[ap].mean() / same[ap].mean() if len(same) else math.nan,
+            RATIO: _ratio(group[ap].mean(), same[ap].mean()),
             WORST_RATIO: (paired[ap] / paired[f"{ap}_full"]).min() if len(paired) else math.nan,
             BOX_AS_MASK_AP: group[baseline].mean() if baseline in group else math.nan,
             WORST_BOX_RATIO: (group[ap] / group[baseline]).min() if baseline in group else math.nan,

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -65,6 +66,11 @@ class EvaluationInputError(ValueError):
 def _quiet() -> contextlib.redirect_stdout:
     """Swallows pycocotools' progress prints, which would drown a CLI's own output."""
     return contextlib.redirect_stdout(io.StringIO())
+
+
+# faster-coco-eval logs the same progress and summary lines as INFO records of its own logger,
+# which reach the console wherever the root logger takes INFO (as in a Ray Train worker).
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 
 # --- model outputs -> COCO results ------------------------------------------------------------
