@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from boxinst.dashboards import compare
 from boxinst.dashboards import tables as compare_tables
 from boxinst.platform import evaluation, quick_train
 from boxinst.platform.bench import cli as bench_cli
+from boxinst.platform.console import TrainProgress
 from boxinst.platform.data import check, colour_prior, synth, voc
 from boxinst.platform.data.coco import DatasetError
 from boxinst.platform.data.collate import collate_instances
@@ -26,6 +28,7 @@ from boxinst.platform.data.decode import ImageError
 from boxinst.platform.inference import load_trained, predict_files
 from boxinst.platform.jobs import ClusterAuthError, submit
 from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
+from boxinst.platform.mlflow_models import ModelUriError, is_model_uri, register_model
 from boxinst.platform.preflight import PreflightError
 from boxinst.platform.ray_cluster import ClusterUnreachable, start_ray
 from boxinst.platform.runs import SPEC_ARTIFACT, RunFailedError, train_tracked
@@ -36,6 +39,7 @@ from boxinst.platform.tracking import (
     TrackingUnreachable,
     check_reachable,
     default_tracking_uri,
+    runs_page,
 )
 from boxinst.platform.training import (
     CheckpointError,
@@ -165,18 +169,27 @@ def _data_convert_voc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_uri(args: argparse.Namespace) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ./mlflow.db; an HTTP server must
+    answer."""
+    uri = args.tracking_uri or default_tracking_uri()
+    check_reachable(uri)
+    return uri
+
+
 def _tracker(args: argparse.Namespace, experiment: str):
     """The MLflow experiment of a command (``--experiment``, else ``experiment``), reached
     after the checks of the run's data and before any Ray resources are asked for."""
-    check_reachable(args.tracking_uri or default_tracking_uri())
-    return Tracker(args.experiment or experiment, args.tracking_uri)
+    return Tracker(args.experiment or experiment, _tracking_uri(args))
 
 
 def _closing_lines(tracker, what: str) -> str:
-    ui = "boxinst ui" if tracker.tracking_uri.startswith("sqlite") else tracker.tracking_uri
+    local = not tracker.tracking_uri.startswith(("http://", "https://"))
+    server = f"http://127.0.0.1:{UI_PORT}" if local else tracker.tracking_uri
+    start = "boxinst ui, then " if local else ""
     return (
         f"\nMLflow: experiment {tracker.experiment!r} in {tracker.tracking_uri}\n"
-        f"  open the MLflow UI:  {ui}\n"
+        f"  open its runs:       {start}{runs_page(server, tracker.experiment_id)}\n"
         f"  compare the runs:    boxinst compare {what}"
     )
 
@@ -184,13 +197,36 @@ def _closing_lines(tracker, what: str) -> str:
 def _train_spec(spec, args: argparse.Namespace, experiment: str) -> int:
     prepare_data({spec.name: spec})
     tracker = _tracker(args, experiment)
-    start_ray(args.address, [spec])
+    start_ray(args.address, [spec], args.verbose)
     ray_run = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {spec.name} ({spec.regime.name}) as run {ray_run} under {args.storage}")
-    run_id, metrics = train_tracked(spec, args.storage, tracker, ray_run, spec.regime.name)
+    progress = TrainProgress(spec.regime.name, spec.solver.max_iter)
+    run_id, metrics = train_tracked(
+        spec,
+        args.storage,
+        tracker,
+        ray_run,
+        spec.regime.name,
+        callbacks=[progress],
+        verbose=args.verbose,
+    )
     print(evaluation.format_table({k: v for k, v in metrics.items() if "/AP" in k}))
+    _register(tracker, run_id, spec.reporting.registered_model)
     print(_closing_lines(tracker, f"--runs {run_id}"))
     return 0
+
+
+def _register(tracker: Tracker, run_id: str | None, name: str | None) -> None:
+    """Register run ``run_id``'s model as the next version of ``name``, if a name is given."""
+    if name is None:
+        return
+    if run_id is None:
+        print(f"\nno finished run has the metric to choose by: nothing registered as {name}")
+        return
+    uri = register_model(tracker.client, run_id, name)
+    run_name = tracker.client.get_run(run_id).info.run_name
+    print(f"\nregistered the model of {run_name} as {uri}")
+    print(f"  predict with it:     boxinst predict {uri} IMAGE...")
 
 
 def _sweep_spec(spec, args: argparse.Namespace, experiment: str) -> int:
@@ -198,28 +234,41 @@ def _sweep_spec(spec, args: argparse.Namespace, experiment: str) -> int:
     trials = trial_specs(spec) if spec.sweep and spec.sweep.axes else {spec.name: spec}
     prepare_data(trials)
     tracker = _tracker(args, experiment)
-    start_ray(args.address, trials.values())
+    start_ray(args.address, trials.values(), args.verbose)
     resume = args.resume
     if resume == LATEST:
         resume = latest_sweep(args.storage, spec.name)
-    parent, results = run_sweep(spec, args.storage, tracker, resume)
+    print(
+        f"sweep {spec.name}: {len(trials)} trials, tracked in MLflow experiment "
+        f"{tracker.experiment!r}"
+    )
+    parent, results = run_sweep(spec, args.storage, tracker, resume, args.verbose)
     print(f"\n{summary_table(spec, results)}")
     gap = compare.supervision_gap(tracker.client, parent)
     if gap is not None:
         print(f"\n{gap.title}\n{compare_tables.formatted(gap).to_string(index=False)}")
+    if spec.reporting.registered_model:
+        best = tracker.best_child(parent, spec.sweep.metric, spec.sweep.mode)
+        _register(tracker, best, spec.reporting.registered_model)
     print(_closing_lines(tracker, tracker.client.get_run(parent).info.run_name))
     return 0
 
 
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides of a run command, with ``--register NAME`` as one of them."""
+    register = [f"reporting.registered_model={args.register}"] if args.register else []
+    return [*args.set, *register]
+
+
 def _train(args: argparse.Namespace) -> int:
     """Train one spec on Ray Train, tracked in MLflow."""
-    spec = load_spec(args.spec, args.set)
+    spec = load_spec(args.spec, _run_overrides(args))
     return _train_spec(spec, args, spec.name)
 
 
 def _sweep(args: argparse.Namespace) -> int:
     """Run a spec's sweep on Ray Tune, tracked in MLflow."""
-    spec = load_spec(args.spec, args.set)
+    spec = load_spec(args.spec, _run_overrides(args))
     return _sweep_spec(spec, args, spec.name)
 
 
@@ -232,7 +281,8 @@ def _rerun(args: argparse.Namespace) -> int:
         run = client.get_run(args.run_id)
         with tempfile.TemporaryDirectory() as folder:
             spec = load_spec(
-                client.download_artifacts(args.run_id, SPEC_ARTIFACT, folder), args.set
+                client.download_artifacts(args.run_id, SPEC_ARTIFACT, folder),
+                _run_overrides(args),
             )
     except MlflowException as error:
         raise SpecError(
@@ -245,9 +295,15 @@ def _rerun(args: argparse.Namespace) -> int:
     return _train_spec(spec, args, experiment)
 
 
+def _trained(args: argparse.Namespace):
+    """The model and spec of ``args.checkpoint``: a checkpoint, or an MLflow model URI."""
+    uri = _tracking_uri(args) if is_model_uri(args.checkpoint) else None
+    return load_trained(args.checkpoint, args.set, uri)
+
+
 def _eval(args: argparse.Namespace) -> int:
     """COCO AP of a checkpoint on its spec's validation set (or another, with --set)."""
-    model, spec = load_trained(args.checkpoint, args.set)
+    model, spec = _trained(args)
     dataset = build_val_dataset(spec)
     print(f"evaluating {args.checkpoint} on {len(dataset)} images of {spec.data.val.annotations}")
     loader = DataLoader(dataset, batch_size=2, collate_fn=collate_instances)
@@ -261,7 +317,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     """Predictions of a checkpoint on image files: COCO JSON and overlays."""
-    model, spec = load_trained(args.checkpoint, args.set)
+    model, spec = _trained(args)
     out = Path(args.out)
     results = predict_files(model, spec, [Path(p) for p in args.images], out, args.min_score)
     print(f"{len(results)} detections on {len(args.images)} image(s)")
@@ -295,6 +351,11 @@ def _ui(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)
 
 
+#: The port of ``boxinst ui``.
+UI_PORT = 5000
+MODEL_HELP = "a checkpoint.pt or its folder, or an MLflow model: models:/NAME/VERSION"
+TRACKING_HELP = "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
+
 #: ``--resume`` without a name: the latest sweep of the spec.
 LATEST = "latest"
 
@@ -317,12 +378,17 @@ def _add_placement_options(parser: argparse.ArgumentParser) -> None:
         help="checkpoints and Ray results: a folder or a URI such as s3://bucket/path (runs)",
     )
     parser.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
+    parser.add_argument("--tracking-uri", help=TRACKING_HELP)
     parser.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
+        "--register",
+        metavar="NAME",
+        help="register the model (a sweep: its best trial's) in MLflow's model registry as NAME",
     )
     parser.add_argument(
         "--address", help="an existing Ray cluster (e.g. auto, or ray://HEAD:10001); default: local"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="Ray's own output too: Tune's tables, Train's logs"
     )
 
 
@@ -452,15 +518,17 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd = commands.add_parser(
         "eval", help="COCO mask and box AP of a checkpoint on its validation set"
     )
-    eval_cmd.add_argument("checkpoint", help="a checkpoint.pt, or the folder holding it")
+    eval_cmd.add_argument("checkpoint", help=MODEL_HELP)
     eval_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    eval_cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
     eval_cmd.add_argument("--out", help="write metrics, predictions and overlays under this folder")
     eval_cmd.set_defaults(handler=_eval)
 
     predict = commands.add_parser(
         "predict", help="masks of a checkpoint on image files: COCO JSON and overlays"
     )
-    predict.add_argument("checkpoint", help="a checkpoint.pt, or the folder holding it")
+    predict.add_argument("checkpoint", help=MODEL_HELP)
+    predict.add_argument("--tracking-uri", help=TRACKING_HELP)
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--out", default="outputs/predict", help="output folder")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -471,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="the MLflow UI of the local store, on 127.0.0.1")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=UI_PORT)
     ui.add_argument("--tracking-uri", help="(default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.set_defaults(handler=_ui)
 
@@ -482,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):  # MLflow's INFO lines (creating a store's tables)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except (
@@ -495,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         DatasetError,
         ImageError,
         FileExistsError,
+        ModelUriError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""A trained model from its checkpoint file alone, and its predictions on image files.
+"""A trained model from its checkpoint file alone (or its MLflow model), and its predictions
+on image files.
 
 A checkpoint holds the resolved spec it was trained with, so the model (architecture, classes,
 test-time resize) is rebuilt exactly; category names and ids come from the spec's validation
@@ -19,6 +20,7 @@ from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.decode import read_rgb
 from boxinst.platform.data.transforms import eval_transform
 from boxinst.platform.evaluation import predictions_to_coco_results, save_results
+from boxinst.platform.mlflow_models import is_model_uri, load_logged_model
 from boxinst.platform.overlays import MIN_SCORE, draw_detections, write_png
 from boxinst.platform.spec import TrainSpec, parse_override, set_key, validate
 from boxinst.platform.training import CHECKPOINT_FILE, CheckpointError, load_checkpoint
@@ -33,12 +35,18 @@ def checkpoint_file(path: str | Path) -> Path:
     return found
 
 
-def load_trained(path: str | Path, overrides: Sequence[str] = ()) -> tuple[CondInst, TrainSpec]:
-    """The model of a checkpoint, in eval mode, with its spec (``--set`` overrides applied,
-    e.g. another validation set). A file that is not a whole boxinst checkpoint, or overrides
-    that change the model's shape, raise :class:`CheckpointError` naming the file."""
-    file = checkpoint_file(path)
-    state = load_checkpoint(file)
+def load_trained(
+    path: str | Path, overrides: Sequence[str] = (), tracking_uri: str | None = None
+) -> tuple[CondInst, TrainSpec]:
+    """The model of a checkpoint, or of an MLflow model URI (``models:/NAME/VERSION``, read
+    from ``tracking_uri``), in eval mode, with its spec (``--set`` overrides applied, e.g.
+    another validation set). A file that is not a whole boxinst checkpoint, or overrides that
+    change the model's shape, raise :class:`CheckpointError` naming the file."""
+    if is_model_uri(path):
+        file, state = str(path), load_logged_model(str(path), tracking_uri)
+    else:
+        file = checkpoint_file(path)
+        state = load_checkpoint(file)
     if not isinstance(state, dict) or not {"spec", "model"} <= state.keys():
         raise CheckpointError(f"checkpoint {file} holds no spec and model: not boxinst's")
     data = state["spec"]

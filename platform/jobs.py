@@ -26,6 +26,7 @@ import yaml
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
+from boxinst.platform.console import QUIET_WORKERS
 from boxinst.platform.ray_cluster import ClusterUnreachable
 from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import find_spec, load_spec, read_spec
@@ -101,6 +102,7 @@ def submit(
                     "working_dir": str(working_dir),
                     "py_modules": [str(package_copy(modules))],
                     "env_vars": env,
+                    **QUIET_WORKERS,
                 },
             )
             return _submit_when_an_agent_is_up(client, job)

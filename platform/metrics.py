@@ -122,6 +122,7 @@ TAG_AXES = "boxinst.axes"  # JSON object: a trial's sweep-axis values by dotted 
 TAG_SWEEP = "boxinst.sweep"  # a sweep's name: the Ray Tune experiment under the storage
 TAG_RAY_RUN = "boxinst.ray_run"  # the Ray Train run (name under the storage) a run trained in
 TAG_CHECKPOINT = "boxinst.checkpoint"  # URI of a run's latest checkpoint (final when it ended)
+TAG_MODEL = "boxinst.model"  # URI of a run's LoggedModel (models:/m-...): its final checkpoint
 TAG_COLLAPSE = "boxinst.collapse"  # what is wrong with a box-supervised trial's final masks
 
 ARTIFACT_CONFIG = "config"  # config/spec.yaml: the resolved spec (trial) or sweep spec (parent)

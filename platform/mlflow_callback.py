@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import PIL.Image
 import requests
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -91,6 +92,7 @@ class MlflowCallback(UserCallback):
         self._outage_since: float | None = None  # when the server stopped answering
         self._checkpoint: str | None = None  # the latest's path: what a failed run leaves
         self._checkpoint_logged = True
+        self._image_steps: set[int] = set()  # the steps whose overlays are logged
 
     def after_report(self, run_context, metrics: list[dict], checkpoint: Checkpoint | None):
         """Buffer rank 0's metrics and try once to log the buffer; at the final report, retry
@@ -108,9 +110,11 @@ class MlflowCallback(UserCallback):
         ]
         if not report.get(FINAL):
             self._attempt(self._flush)
+            if checkpoint is not None:  # an evaluation's overlays: one try, they are pictures
+                self._attempt(lambda: self._log_overlays(checkpoint, step))
             return
         deadline = time.monotonic() + self.give_up_after
-        while (error := self._attempt(lambda: self._flush_final(checkpoint))) is not None:
+        while (error := self._attempt(lambda: self._flush_final(checkpoint, step))) is not None:
             if time.monotonic() >= deadline:
                 raise self._give_up(checkpoint) from error
             time.sleep(min(RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
@@ -189,8 +193,9 @@ class MlflowCallback(UserCallback):
             for key in metrics
         }
 
-    def _flush_final(self, checkpoint: Checkpoint | None) -> None:
-        """Log the pending metrics and the final checkpoint's path, then its evaluation files."""
+    def _flush_final(self, checkpoint: Checkpoint | None, step: int) -> None:
+        """Log the pending metrics and the final checkpoint's path, then its evaluation files
+        (the overlays also as images at ``step``)."""
         self._flush()
         if checkpoint is None:
             return
@@ -198,6 +203,22 @@ class MlflowCallback(UserCallback):
             for name in (ARTIFACT_EVALUATION, ARTIFACT_PREDICTIONS, ARTIFACT_OVERLAYS):
                 if (Path(folder) / name).is_dir():
                     self._client.log_artifacts(self.run_id, str(Path(folder) / name), name)
+        self._log_overlays(checkpoint, step)
+
+    def _log_overlays(self, checkpoint: Checkpoint, step: int) -> None:
+        """The overlays in ``checkpoint`` as the run's images ``overlay/<image id>`` at
+        ``step`` (MLflow's UI shows each image over the steps), once per step."""
+        if self._client is None or step in self._image_steps:
+            return
+        with checkpoint.as_directory() as folder:
+            overlays = sorted((Path(folder) / ARTIFACT_OVERLAYS).glob("*.png"))
+            for path in overlays:
+                with PIL.Image.open(path) as image:
+                    self._client.log_image(
+                        self.run_id, image, key=f"overlay/{path.stem}", step=step
+                    )
+        if overlays:  # a checkpoint without an evaluation has none
+            self._image_steps.add(step)
 
     def _save_pending(self) -> Path:
         """Write the pending metrics as JSON to ``unlogged_file``; returns its path."""

@@ -35,13 +35,15 @@ class PreflightError(ValueError):
 @dataclass(frozen=True)
 class SplitSummary:
     """What the checks need of one annotation file: the problems of its records, its image
-    files that do not exist, its categories (id, name) in id order, how many images have
-    non-crowd annotations, and those annotations (id, image id, category name, whether it has
-    a segmentation), which a mask policy may want masks of."""
+    files that do not exist, its categories (id, name) in id order, how many images it has
+    (with a valid id) and how many of them have non-crowd annotations, and those annotations
+    (id, image id, category name, whether it has a segmentation), which a mask policy may want
+    masks of; the runs' dataset inputs in MLflow report them too."""
 
     problems: tuple[Problem, ...]
     missing_files: tuple[Problem, ...]
     categories: tuple[tuple[int, str], ...]
+    images: int
     annotated_images: int
     annotations: tuple[tuple[int, int, str, bool], ...]
 
@@ -51,7 +53,7 @@ def _summary(annotations: str, images: str, mtime_ns: int) -> SplitSummary:
     """The summary of a split, read once per file version (a sweep's trials share splits)."""
     data, problems = load_annotations(Path(annotations))
     if data is None:
-        return SplitSummary(tuple(problems), (), (), 0, ())
+        return SplitSummary(tuple(problems), (), (), 0, 0, ())
     problems = check_records(data, annotations)
     bad_images = {p.image_id for p in problems if p.annotation_id is None}
     # records without an integer id are problems already
@@ -89,6 +91,7 @@ def _summary(annotations: str, images: str, mtime_ns: int) -> SplitSummary:
         problems=tuple(problems),
         missing_files=tuple(missing),
         categories=tuple(sorted(names.items())),
+        images=len(records),
         annotated_images=len({a["image_id"] for a in annotations} & known),
         annotations=tuple(
             (

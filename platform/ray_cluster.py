@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import ray
 from ray._private.services import canonicalize_bootstrap_address
 
+from boxinst.platform.console import QUIET_WORKERS, RAY_DRIVER_LOG_LEVEL
 from boxinst.platform.preflight import PreflightError
 from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import TrainSpec
@@ -69,11 +70,13 @@ def check_fits(runs: Iterable[TrainSpec]) -> None:
                 )
 
 
-def start_ray(address: str | None, runs: Iterable[TrainSpec]) -> None:
+def start_ray(address: str | None, runs: Iterable[TrainSpec], verbose: bool = False) -> None:
     """Connect to ``address``, or, without one, to the cluster of the Ray job this command
     runs in (``RAY_ADDRESS``), else start a new local Ray: never the one a ``ray start`` or a
     killed run left recorded on the machine (Ray joins that by default, and hangs when it has
-    gone). ``runs`` must fit a local Ray."""
+    gone). ``runs`` must fit a local Ray. Unless ``verbose``, Ray's driver does not log its
+    start-up, and a local Ray's workers are quieted (:func:`~boxinst.platform.console.
+    quiet_ray_worker`; a submitted job's are by its runtime environment)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
@@ -81,6 +84,11 @@ def start_ray(address: str | None, runs: Iterable[TrainSpec]) -> None:
         check_reachable(address)
     for name, value in WORKER_ENV.items():  # a local Ray's workers inherit it
         os.environ.setdefault(name, value)
-    ray.init(address=address, include_dashboard=False)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=RAY_DRIVER_LOG_LEVEL[verbose],
+        runtime_env=QUIET_WORKERS if address == "local" and not verbose else None,
+    )
     if address == "local":
         check_fits(runs)

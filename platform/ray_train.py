@@ -11,19 +11,33 @@ checkpoint also holds the evaluation's files (metrics, COCO results, mask overla
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
+from boxinst.platform.console import RAY_TRAIN_LOG_LEVEL
 from boxinst.platform.evaluation import collapse_warning
+from boxinst.platform.metrics import ARTIFACT_OVERLAYS
 from boxinst.platform.mlflow_callback import FINAL, ITERATION, RESUMED_FROM
+from boxinst.platform.overlays import write_overlays
 from boxinst.platform.spec import TrainSpec
+from boxinst.platform.system_metrics import system_metrics
 from boxinst.platform.training import (
     CHECKPOINT_FILE,
     TrainState,
@@ -43,16 +57,20 @@ def _is_rank0() -> bool:
 
 
 def _report(
-    metrics: dict, spec: TrainSpec, state: TrainState | None = None, evaluation=None
+    metrics: dict,
+    spec: TrainSpec,
+    state: TrainState | None = None,
+    write_files: Callable[[Path], None] | None = None,
 ) -> None:
-    """Report from every worker; rank 0 adds the checkpoint (and the evaluation's files)."""
+    """Report from every worker; rank 0 adds the checkpoint, and in its folder the files
+    ``write_files`` writes there (an evaluation's)."""
     if state is None or not _is_rank0():
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(state, spec, Path(folder))
-        if evaluation is not None:
-            write_evaluation(Path(folder), *evaluation)
+        if write_files is not None:
+            write_files(Path(folder))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
@@ -90,8 +108,15 @@ def warn_of_collapse(spec: TrainSpec, metrics: dict, iteration: int) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """The loop each Ray Train worker runs; resumes from the run's latest checkpoint if any."""
-    spec = TrainSpec.model_validate(config["spec"])
+    """The loop each Ray Train worker runs; resumes from the run's latest checkpoint if any.
+    Rank 0 logs its node's system metrics into the MLflow run ``config["mlflow_run"]``."""
+    mlflow_run = config.get("mlflow_run") if _is_rank0() else None
+    with system_metrics(*mlflow_run) if mlflow_run else contextlib.nullcontext():
+        train(TrainSpec.model_validate(config["spec"]))
+
+
+def train(spec: TrainSpec) -> None:
+    """Train ``spec`` on this worker, reporting as the module says."""
     use_reserved_cpus(spec)
     train_set, val_set = build_datasets(spec)
     train_loader, val_loader = loaders(spec, train_set, val_set)
@@ -115,16 +140,37 @@ def train_loop_per_worker(config: dict) -> None:
         if until % spec.reporting.checkpoint_every == 0:
             _report({ITERATION: until}, spec, state)
         if every and until % every == 0:
-            metrics = evaluate_model(spec, state.model, val_loader)[0] if _is_rank0() else {}
-            warn_of_collapse(spec, metrics, until)
-            _report({**metrics, ITERATION: until}, spec)
+            metrics, results = _evaluate(spec, state, val_loader)
+            overlays = functools.partial(_write_overlays, results, val_set, spec)
+            _report({**metrics, ITERATION: until}, spec, state, overlays)
 
     _report({ITERATION: state.iteration}, spec, state)
-    metrics, results = evaluate_model(spec, state.model, val_loader) if _is_rank0() else ({}, [])
-    warn_of_collapse(spec, metrics, state.iteration)
-    evaluation = (metrics, results, val_set, spec.evaluation.overlays)
+    metrics, results = _evaluate(spec, state, val_loader)
+    evaluation = functools.partial(
+        write_evaluation,
+        metrics=metrics,
+        results=results,
+        dataset=val_set,
+        overlays=spec.evaluation.overlays,
+    )
     final = {**metrics, ITERATION: state.iteration, FINAL: True, RESUMED_FROM: resumed_from}
     _report(final, spec, state, evaluation)
+
+
+def _evaluate(spec: TrainSpec, state: TrainState, val_loader) -> tuple[dict, list[dict]]:
+    """Rank 0's evaluation of the model (metrics, COCO results), warning of a collapse;
+    nothing on the other ranks."""
+    if not _is_rank0():
+        return {}, []
+    metrics, results = evaluate_model(spec, state.model, val_loader)
+    warn_of_collapse(spec, metrics, state.iteration)
+    return metrics, results
+
+
+def _write_overlays(results: list[dict], dataset, spec: TrainSpec, folder: Path) -> None:
+    """An intermediate evaluation's overlays, in its checkpoint folder (the MLflow callback
+    logs them as images at the evaluation's step)."""
+    write_overlays(dataset, results, spec.evaluation.overlays, folder / ARTIFACT_OVERLAYS)
 
 
 #: Environment for the Ray workers of a cluster this package starts (a local one, a submitted
@@ -138,13 +184,21 @@ def build_trainer(
     storage: str | Path,
     name: str,
     callbacks: list[UserCallback] = (),
+    verbose: bool = False,
+    mlflow_run: tuple[str, str] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for ``spec``; a run of the same ``name`` under ``storage`` resumes from
-    its latest checkpoint. ``callbacks`` run on the Train controller after each report."""
+    its latest checkpoint. ``callbacks`` run on the Train controller after each report; Ray
+    Train's own log lines (resources requested, worker group started, each report) show only
+    when ``verbose``. With ``mlflow_run`` (a tracking URI and a run id) rank 0 logs system
+    metrics into that run."""
     resources = spec.resources
+    config = {"spec": spec.as_dict()}
+    if mlflow_run is not None:
+        config["mlflow_run"] = list(mlflow_run)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.as_dict()},
+        train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
@@ -158,6 +212,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
+            logging_config=LoggingConfig(log_level=RAY_TRAIN_LOG_LEVEL[verbose]),
         ),
     )
 

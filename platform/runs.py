@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
-from ray.train import TrainingFailedError
+from ray.train import Result, TrainingFailedError
 from ray.train.v2.api.callback import UserCallback
 
 from boxinst.platform.evaluation import collapse_warning
@@ -21,14 +21,18 @@ from boxinst.platform.metrics import (
     TAG_CHECKPOINT,
     TAG_COLLAPSE,
     TAG_KIND,
+    TAG_MODEL,
     TAG_RAY_RUN,
     TAG_REGIME,
     TAG_SPEC,
 )
-from boxinst.platform.mlflow_callback import MlflowCallback
+from boxinst.platform.mlflow_callback import ITERATION, UNREACHABLE, MlflowCallback
+from boxinst.platform.mlflow_models import log_trained_model
 from boxinst.platform.ray_train import box_supervised, build_trainer, storage_uri
+from boxinst.platform.run_inputs import log_datasets
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.tracking import Tracker
+from boxinst.platform.training import CHECKPOINT_FILE, load_checkpoint
 
 SPEC_ARTIFACT = f"{ARTIFACT_CONFIG}/spec.yaml"
 
@@ -72,12 +76,16 @@ def train_tracked(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     callbacks: Sequence[UserCallback] = (),
+    verbose: bool = False,
 ) -> tuple[str, dict]:
     """Train ``spec`` as the Ray Train run ``ray_run`` under ``storage``, tracked in the MLflow
     run of that name (created, or resumed); returns the MLflow run id and the final metrics.
 
-    The MLflow run ends FINISHED, or FAILED / KILLED when training fails or is interrupted;
-    a failure raises :class:`RunFailedError`, naming the checkpoint it leaves."""
+    The run gets the splits as its dataset inputs (:mod:`~boxinst.platform.run_inputs`), the
+    system metrics of its rank-0 node, and at the end its final checkpoint as its MLflow model
+    (:mod:`~boxinst.platform.mlflow_models`). The MLflow run ends FINISHED, or FAILED / KILLED
+    when training fails or is interrupted; a failure raises :class:`RunFailedError`, naming
+    the checkpoint it leaves."""
     all_tags = {TAG_KIND: KIND_TRIAL, TAG_SPEC: spec.name, TAG_REGIME: spec.regime.name}
     all_tags.update(tags or {})
     run_id = tracker.resume_or_start(
@@ -85,6 +93,7 @@ def train_tracked(
     )
     with tracker.ending(run_id):
         tracker.log_text(run_id, spec_yaml(spec.as_dict()), SPEC_ARTIFACT)
+        log_datasets(tracker.client, run_id, spec)
         logger = MlflowCallback(
             tracker.experiment,
             tracker.tracking_uri,
@@ -92,7 +101,15 @@ def train_tracked(
             unlogged_metrics_file(storage, ray_run, run_id),
         )
         try:
-            result = build_trainer(spec, storage, ray_run, [logger, *callbacks]).fit()
+            trainer = build_trainer(
+                spec,
+                storage,
+                ray_run,
+                [logger, *callbacks],
+                verbose,
+                (tracker.tracking_uri, run_id),
+            )
+            result = trainer.fit()
         except TrainingFailedError as error:
             what = f"run {ray_run} of {spec.name} ({spec.regime.name}, MLflow run {run_id})"
             folder = f"{storage_uri(storage)}/{ray_run}"
@@ -100,4 +117,20 @@ def train_tracked(
         warning = collapse_warning(result.metrics) if box_supervised(spec) else None
         if warning:
             tracker.client.set_tag(run_id, TAG_COLLAPSE, warning)
+        if tracker.tag(run_id, TAG_MODEL) is None:  # a restored trial that ended has its model
+            log_final_model(tracker, run_id, result)
     return run_id, result.metrics
+
+
+def log_final_model(tracker: Tracker, run_id: str, result: Result) -> None:
+    """Log the final checkpoint of ``result`` as run ``run_id``'s MLflow model; when MLflow
+    does not take it, the run keeps its checkpoint and a warning says where it is."""
+    with result.checkpoint.as_directory() as folder:
+        state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    try:
+        log_trained_model(tracker.tracking_uri, run_id, state, int(result.metrics[ITERATION]))
+    except UNREACHABLE as error:
+        print(
+            f"warning: MLflow did not take the model of run {run_id} ({error}); its final "
+            f"checkpoint is {result.checkpoint.path}"
+        )

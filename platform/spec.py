@@ -196,6 +196,9 @@ class Evaluation(Spec):
 class Reporting(Spec):
     log_every: int = Field(20, ge=1)  # iterations between reported losses
     checkpoint_every: int = Field(1000, ge=1)  # iterations between checkpoints
+    # the model registry's name for what a run trains (`train`: its model; `sweep`: its best
+    # trial's, by sweep.metric); --register NAME sets it; unset, nothing is registered
+    registered_model: str | None = Field(None, min_length=1)
 
 
 class Resources(Spec):

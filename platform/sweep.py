@@ -15,6 +15,7 @@ saved of the sweep's trials, which a sweep saves at every step of Tune's loop (s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -29,6 +30,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from boxinst.platform.console import RAY_TUNE_OUTPUT, RAY_TUNE_VERBOSITY, SweepProgress
 from boxinst.platform.environment import environment
 from boxinst.platform.metrics import (
     BBOX_AP,
@@ -74,6 +76,7 @@ class SweepContext:
     tracking_uri: str
     parent_run_id: str
     base: dict  # the resolved spec, without its sweep section
+    verbose: bool = False  # Ray Train's own log lines too
 
 
 def spec_base(spec: TrainSpec) -> dict:
@@ -110,6 +113,12 @@ def trial_name(spec: TrainSpec, axes: dict[str, Any]) -> str:
     return " ".join([spec.regime.name, *others])
 
 
+def describe_trial(base: dict, config: dict) -> tuple[str, int]:
+    """A trial's name and total iterations, from its Tune config."""
+    spec = trial_spec(base, config["axes"])
+    return trial_name(spec, config["axes"]), spec.solver.max_iter
+
+
 def run_trial(config: dict, context: SweepContext) -> None:
     """One trial (a Tune function): its spec trained and tracked as a nested MLflow run."""
     axes = config["axes"]
@@ -124,6 +133,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
         parent_run_id=context.parent_run_id,
         tags={TAG_AXES: json.dumps(axes)},
         callbacks=[TuneReportCallback()],
+        verbose=context.verbose,
     )
 
 
@@ -172,10 +182,16 @@ def latest_sweep(storage: str | Path, spec_name: str) -> str:
 
 
 def run_sweep(
-    spec: TrainSpec, storage: str | Path, tracker: Tracker, resume: str | None = None
+    spec: TrainSpec,
+    storage: str | Path,
+    tracker: Tracker,
+    resume: str | None = None,
+    verbose: bool = False,
 ) -> tuple[str, ray.tune.ResultGrid]:
     """Run (or, with ``resume`` = a sweep's name, continue) the sweep of ``spec``; returns the
-    MLflow id of its parent run and Tune's results."""
+    MLflow id of its parent run and Tune's results. The console shows a progress line per
+    trial report (:mod:`boxinst.platform.console`); ``verbose`` adds Tune's status tables and
+    Ray Train's log lines."""
     if spec.sweep is None or not spec.sweep.axes:
         raise SpecError(f"{spec.name}: a sweep needs sweep.axes; `boxinst train` runs one spec")
     name = resume or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -191,6 +207,7 @@ def run_sweep(
             tracker.tracking_uri,
             parent,
             spec_base(spec),
+            verbose,
         )
         trainable = ray.tune.with_resources(
             ray.tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES
@@ -199,14 +216,20 @@ def run_sweep(
             path = f"{context.storage}/{name}"
             tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True)
         else:
+            run_config = ray.tune.RunConfig(
+                name=name,
+                storage_path=context.storage,
+                verbose=RAY_TUNE_VERBOSITY[verbose],
+                callbacks=[SweepProgress(functools.partial(describe_trial, context.base))],
+            )
             tuner = ray.tune.Tuner(
                 trainable,
                 param_space=search_space(spec),
                 tune_config=_tune_config(spec),
-                run_config=ray.tune.RunConfig(name=name, storage_path=context.storage),
+                run_config=run_config,
             )
         try:
-            with environment(TUNE_STATE_PERIOD, keep_set=True):
+            with environment({**TUNE_STATE_PERIOD, **RAY_TUNE_OUTPUT[verbose]}, keep_set=True):
                 results = tuner.fit()
         except KeyboardInterrupt:
             tracker.end_unfinished_children(parent, "KILLED")

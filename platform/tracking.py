@@ -83,6 +83,12 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def runs_page(server: str, experiment_id: str) -> str:
+    """The address of an experiment's runs in the MLflow UI at ``server``, in its model
+    training view (MLflow 3's UI opens on its GenAI view, whatever the experiment's kind)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 class Tracker:
     """Runs of one MLflow experiment."""
 
@@ -183,6 +189,18 @@ class Tracker:
             self.finish(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         self.finish(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def best_child(self, parent_run_id: str, metric: str, mode: str) -> str | None:
+        """The FINISHED nested run of ``parent_run_id`` with the highest (``mode`` max) or
+        lowest (min) final ``metric``, if one has it."""
+        order = "DESC" if mode == "max" else "ASC"
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+            order_by=[f"metrics.`{metric}` {order}"],
+        )
+        found = [run for run in runs if metric in run.data.metrics]
+        return found[0].info.run_id if found else None
 
     def end_unfinished_children(self, parent_run_id: str, status: str = "KILLED") -> list[str]:
         """Ends the nested runs of ``parent_run_id`` still RUNNING (their process was killed
