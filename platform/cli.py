@@ -200,7 +200,7 @@ def _train_spec(spec, args: argparse.Namespace, experiment: str) -> int:
     start_ray(args.address, [spec], args.verbose)
     ray_run = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {spec.name} ({spec.regime.name}) as run {ray_run} under {args.storage}")
-    progress = TrainProgress(spec.regime.name, spec.solver.max_iter)
+    progress = TrainProgress(spec.regime.name, spec.solver.max_iter, spec.reporting.print_every)
     run_id, metrics = train_tracked(
         spec,
         args.storage,

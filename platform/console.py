@@ -116,17 +116,17 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """The console lines of runs, each known by name with its total iterations; keeps, per
-    run, when and at which iteration its first report came (the time left is measured from
-    it). ``clock`` is injectable for tests."""
+    """The console lines of runs, each known by name with its total iterations and how often
+    it prints its losses; keeps, per run, when and at which iteration its first report came
+    (the time left is measured from it). ``clock`` is injectable for tests."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._first: dict[str, tuple[float, int]] = {}
 
-    def line(self, name: str, report: Mapping, total: int) -> str | None:
+    def line(self, name: str, report: Mapping, total: int, every: int = 1) -> str | None:
         """The line of one report of run ``name``, or None for a report with nothing to show
-        (a checkpoint's)."""
+        (a checkpoint's, or losses at an iteration that is not a multiple of ``every``)."""
         iteration = int(report[ITERATION])
         now = self.clock()
         start_time, start_iteration = self._first.setdefault(name, (now, iteration))
@@ -135,7 +135,7 @@ class Progress:
             return f"{head}  done{evaluation_text(report)}"
         if SEGM_AP in report:
             return f"{head}  evaluation{evaluation_text(report)}"
-        if TRAIN_LOSS not in report:
+        if TRAIN_LOSS not in report or (iteration % every and iteration != total):
             return None
         eta = ""
         if iteration > start_iteration:
@@ -158,32 +158,33 @@ def evaluation_text(report: Mapping) -> str:
 
 class TrainProgress(UserCallback):
     """Prints the progress lines of one Ray Train run (on its Train controller, whose output
-    Ray forwards to the driver's console)."""
+    Ray forwards to the driver's console), named ``name``, of ``total`` iterations, its losses
+    printed every ``every``."""
 
-    def __init__(self, name: str, total: int):
-        self.name, self.total = name, total
+    def __init__(self, name: str, total: int, every: int):
+        self.name, self.total, self.every = name, total, every
         self.progress = Progress()
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        line = self.progress.line(self.name, metrics[0], self.total)
+        line = self.progress.line(self.name, metrics[0], self.total, self.every)
         if line:
             print(line, flush=True)
 
 
 class SweepProgress(Callback):
     """Prints the progress lines of a sweep's trials, on the sweep's driver; ``describe``
-    gives a trial's name and total iterations from its Tune config."""
+    gives a trial's name, total iterations and loss-line period from its Tune config."""
 
-    def __init__(self, describe: Callable[[dict], tuple[str, int]]):
+    def __init__(self, describe: Callable[[dict], tuple[str, int, int]]):
         self.describe = describe
         self.progress = Progress()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        name, total = self.describe(trial.config)
-        line = self.progress.line(name, result, total)
+        name, total, every = self.describe(trial.config)
+        line = self.progress.line(name, result, total, every)
         if line:
             print(line, flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        name, _ = self.describe(trial.config)
+        name = self.describe(trial.config)[0]
         print(f"[{name}] FAILED (the error is above; the sweep goes on)", flush=True)

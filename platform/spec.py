@@ -194,11 +194,24 @@ class Evaluation(Spec):
 
 
 class Reporting(Spec):
-    log_every: int = Field(20, ge=1)  # iterations between reported losses
+    log_every: int = Field(20, ge=1)  # iterations between reported losses (MLflow's curves)
+    # iterations between a run's loss lines on the console, a multiple of log_every (default)
+    print_every: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(1000, ge=1)  # iterations between checkpoints
     # the model registry's name for what a run trains (`train`: its model; `sweep`: its best
     # trial's, by sweep.metric); --register NAME sets it; unset, nothing is registered
     registered_model: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _printed_when_reported(self) -> Reporting:
+        if self.print_every is None:
+            self.print_every = self.log_every
+        if self.print_every % self.log_every:
+            raise ValueError(
+                f"reporting.print_every {self.print_every}: a multiple of reporting.log_every "
+                f"({self.log_every}), the iterations whose losses are reported"
+            )
+        return self
 
 
 class Resources(Spec):

@@ -113,10 +113,10 @@ def trial_name(spec: TrainSpec, axes: dict[str, Any]) -> str:
     return " ".join([spec.regime.name, *others])
 
 
-def describe_trial(base: dict, config: dict) -> tuple[str, int]:
-    """A trial's name and total iterations, from its Tune config."""
+def describe_trial(base: dict, config: dict) -> tuple[str, int, int]:
+    """A trial's name, total iterations and console period, from its Tune config."""
     spec = trial_spec(base, config["axes"])
-    return trial_name(spec, config["axes"]), spec.solver.max_iter
+    return trial_name(spec, config["axes"]), spec.solver.max_iter, spec.reporting.print_every
 
 
 def run_trial(config: dict, context: SweepContext) -> None:

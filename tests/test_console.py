@@ -47,6 +47,17 @@ def test_a_loss_line_has_the_iteration_the_time_left_the_terms_and_the_throughpu
     assert line.startswith("[box_only] iter 120/800  eta 0:07:05  loss 1.912 (cls 0.61")
 
 
+def test_loss_lines_come_every_print_period_and_at_the_end():
+    progress = Progress(Clock())
+    printed = [
+        iteration
+        for iteration in range(40, 801, 40)
+        if progress.line("a", {**losses(), "iteration": iteration}, 800, every=200)
+    ]
+    assert printed == [200, 400, 600, 800]
+    assert progress.line("b", {**losses(), "iteration": 90}, 90, every=200)  # the last
+
+
 def test_runs_keep_their_own_rates():
     clock = Clock()
     progress = Progress(clock)
