@@ -47,9 +47,16 @@ def log_trained_model(tracking_uri: str, run_id: str, state: dict, step: int) ->
     spec = TrainSpec.model_validate(state["spec"])
     model = CondInst(spec.model)
     model.load_state_dict(state["model"])
-    # MLflow warns at every pickled model that unpickling runs code (true of any checkpoint
-    # but a state dict); the traced-graph format it suggests cannot take this model
-    with environment({"MLFLOW_TRACKING_URI": tracking_uri}), logger_level("mlflow.pytorch"):
+    client = MlflowClient(tracking_uri)
+    # MLflow puts a LoggedModel in the active experiment, not its run's: the environment names
+    # both the server and the run's experiment. It warns at every pickled model that unpickling
+    # runs code (true of any checkpoint but a state dict); the traced-graph format it suggests
+    # cannot take this model.
+    where = {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_ID": client.get_run(run_id).info.experiment_id,
+    }
+    with environment(where), logger_level("mlflow.pytorch"):
         info = mlflow.pytorch.log_model(
             model.eval(),
             name=MODEL_NAME,
@@ -59,7 +66,7 @@ def log_trained_model(tracking_uri: str, run_id: str, state: dict, step: int) ->
             pip_requirements=REQUIREMENTS,
             serialization_format="pickle",  # a traced graph (pt2) needs fixed input shapes
         )
-    MlflowClient(tracking_uri).set_tag(run_id, TAG_MODEL, info.model_uri)
+    client.set_tag(run_id, TAG_MODEL, info.model_uri)
     return info.model_uri
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,7 @@ def test_each_trial_logs_its_final_checkpoint_as_a_logged_model_with_its_metrics
         model_id = run.data.tags[TAG_MODEL].removeprefix("models:/")
         model = client.get_logged_model(model_id)
         assert model.source_run_id == run.info.run_id and model.status == "READY"
+        assert model.experiment_id == run.info.experiment_id  # the UI's Models column
         linked = {metric.key: metric.value for metric in model.metrics}
         assert linked["segm/AP"] == run.data.metrics["segm/AP"]
         assert all(metric.step == ITERATIONS for metric in model.metrics)
@@ -216,18 +218,19 @@ class Browser:
         if binary is None:
             pytest.fail("Chromium is needed; install it: apt-get install -y chromium")
         self.port = free_port()
-        self.profile = TemporaryDirectory()
+        self.profile = TemporaryDirectory(ignore_cleanup_errors=True)
         self.process = subprocess.Popen(
             [
                 binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                 f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile.name}",
                 f"--window-size={size[0]},{size[1]}", "about:blank",
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
 
     def close(self) -> None:
-        self.process.terminate()
+        """Stop Chromium and its helper processes (its session), then remove its profile."""
+        os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=30)
         self.profile.cleanup()
 
@@ -313,4 +316,8 @@ def test_the_mlflow_ui_opens_the_runs_with_their_datasets_and_models(tracked, tm
     for run in trials(client):
         assert run.info.run_name in shown
     assert "shapes/train" in shown  # the Dataset column
+    # the Models column: the registered trial's model by its registered name and version,
+    # the other's by its name in its run
+    lines = [line.strip() for line in shown.splitlines()]
+    assert lines.count(REGISTERED) == 1 and lines.count("model") == 1, shown
     assert (tmp_path / "runs.png").stat().st_size > 10_000

@@ -131,5 +131,5 @@ def test_specs_are_parsed_safely(tmp_path):
 def test_console_period_defaults_to_the_report_period_and_must_be_a_multiple_of_it():
     assert load_spec("quickstart", ["reporting.print_every=null"]).reporting.print_every == 40
     assert load_spec("quickstart").reporting.print_every == 200
-    with pytest.raises(SpecError, match="print_every 50: a multiple of reporting.log_every"):
+    with pytest.raises(SpecError, match=r"print_every 50: a multiple of reporting\.log_every"):
         load_spec("quickstart", ["reporting.print_every=50"])
