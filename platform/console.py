@@ -1,4 +1,5 @@
-"""What ``boxinst train`` and ``sweep`` print while they train: one line per run per report.
+"""What ``boxinst train`` and ``sweep`` print while they train: a line per run every
+``reporting.print_every`` iterations, and at its evaluations and its end.
 
 A progress line is what detectron2's ``CommonMetricPrinter`` made familiar: the run, the
 iteration against the total, the time left, the losses, the learning rate and the throughput
@@ -14,7 +15,7 @@ checkpoints included) times the iterations left.
 Ray's own console output is turned down at its source: Ray Train's ``ray.train`` logs at
 WARNING (``RunConfig(logging_config=...)``), Ray Tune's status tables off, the driver's Ray
 logger at WARNING, and in the worker processes of the Rays boxinst starts (a local one, a
-submitted job's) the two loggers that the levels above miss (:func:`quiet_ray_worker`);
+submitted job's) three loggers that the levels above miss (:func:`quiet_ray_worker`);
 ``--verbose`` gives all of it back.
 """
 
