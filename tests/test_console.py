@@ -93,7 +93,8 @@ def test_durations_are_hours_minutes_seconds():
 
 
 def test_the_worker_hook_filters_the_loggers_it_names_and_no_more(local_ray, monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # and removed again after the test
+    monkeypatch.setenv("RAY_ADDRESS", "")  # so that the address the hook sets goes after the test
+    monkeypatch.delenv("RAY_ADDRESS")
     loggers = {name: logging.getLogger(name) for name in QUIETED}
     train = logging.getLogger("ray.train")
     filters = {name: list(logger.filters) for name, logger in loggers.items()}
