@@ -274,9 +274,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> int:
     """Run a logged run or sweep again from its logged spec, with overrides."""
-    uri = args.tracking_uri or default_tracking_uri()
-    check_reachable(uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(_tracking_uri(args))
     try:
         run = client.get_run(args.run_id)
         with tempfile.TemporaryDirectory() as folder:

@@ -188,4 +188,4 @@ class SweepProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         name = self.describe(trial.config)[0]
-        print(f"[{name}] FAILED (the error is above; the sweep goes on)", flush=True)
+        print(f"[{name}] FAILED (the sweep goes on; its summary lists the trial)", flush=True)

@@ -6,14 +6,16 @@ policy (two runs on the same digest saw the same annotations and learnt from the
 MLflow keeps one dataset per name and digest in an experiment), and a profile with the
 counts of images and instances, the instances with a mask in the file and the regime's mask
 policy (which of them training uses). The training split is logged with the context
-``training``, the validation split with
-``evaluation``: the Dataset column of MLflow's runs table.
+``training``, the validation split with ``evaluation``: the Dataset column of MLflow's runs
+table.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -37,12 +39,18 @@ def dataset_name(annotations: str | Path) -> str:
     return "/".join(path.parent.parts[-2:])
 
 
-def split_digest(path: str | Path, mask_policy: str | dict) -> str:
-    """SHA-256 of the annotation file's bytes, then of the mask policy as sorted JSON."""
+@functools.cache
+def _file_sha256(path: str, mtime_ns: int) -> str:
+    """The SHA-256 of a file's bytes, read once per file version."""
     with open(path, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256")
-    digest.update(json.dumps(mask_policy, sort_keys=True).encode())
-    return digest.hexdigest()[:DIGEST_LENGTH]
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def split_digest(path: str, mask_policy: str | dict) -> str:
+    """SHA-256 of the annotation file's SHA-256 followed by the mask policy as sorted JSON."""
+    content = _file_sha256(path, os.stat(path).st_mtime_ns)
+    policy = json.dumps(mask_policy, sort_keys=True)
+    return hashlib.sha256(f"{content}{policy}".encode()).hexdigest()[:DIGEST_LENGTH]
 
 
 def split_dataset(split: Split, mask_policy: str | dict) -> Dataset:
@@ -63,20 +71,26 @@ def split_dataset(split: Split, mask_policy: str | dict) -> Dataset:
     )
 
 
-def log_datasets(client: MlflowClient, run_id: str, spec: TrainSpec) -> None:
-    """Log the spec's training and validation splits as dataset inputs of ``run_id``.
-
-    Trials that start together create the same datasets at once, and MLflow's get-or-create
-    is not atomic: a store can refuse the second creation (a unique-key violation). A second
-    try finds the dataset and links it. Dataset inputs are a run's description, not its
-    results: if that fails too, a warning says so and training goes on."""
-    inputs = [
+def dataset_inputs(spec: TrainSpec) -> list[DatasetInput]:
+    """The spec's training and validation splits as dataset inputs. Computed where the spec's
+    data was checked (the summaries and digests are read once per file there): a sweep's
+    driver passes each trial its inputs."""
+    return [
         DatasetInput(split_dataset(split, masks), [InputTag(MLFLOW_DATASET_CONTEXT, context)])
         for split, masks, context in (
             (spec.data.train, spec.regime.masks, "training"),
             (spec.data.val, "all", "evaluation"),
         )
     ]
+
+
+def log_datasets(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """Log ``inputs`` (:func:`dataset_inputs`) as the dataset inputs of ``run_id``.
+
+    Trials that start together create the same datasets at once, and MLflow's get-or-create
+    is not atomic: a store can refuse the second creation (a unique-key violation). A second
+    try finds the dataset and links it. Dataset inputs are a run's description, not its
+    results: if that fails too, a warning says so and training goes on."""
     for attempt in range(2):
         try:
             client.log_inputs(run_id, datasets=inputs)

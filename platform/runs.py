@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
+from mlflow.entities import DatasetInput
 from ray.train import Result, TrainingFailedError
 from ray.train.v2.api.callback import UserCallback
 
@@ -29,7 +30,7 @@ from boxinst.platform.metrics import (
 from boxinst.platform.mlflow_callback import ITERATION, UNREACHABLE, MlflowCallback
 from boxinst.platform.mlflow_models import log_trained_model
 from boxinst.platform.ray_train import box_supervised, build_trainer, storage_uri
-from boxinst.platform.run_inputs import log_datasets
+from boxinst.platform.run_inputs import dataset_inputs, log_datasets
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.tracking import Tracker
 from boxinst.platform.training import CHECKPOINT_FILE, load_checkpoint
@@ -77,11 +78,13 @@ def train_tracked(
     tags: Mapping[str, str] | None = None,
     callbacks: Sequence[UserCallback] = (),
     verbose: bool = False,
+    datasets: Sequence[DatasetInput] | None = None,
 ) -> tuple[str, dict]:
     """Train ``spec`` as the Ray Train run ``ray_run`` under ``storage``, tracked in the MLflow
     run of that name (created, or resumed); returns the MLflow run id and the final metrics.
 
-    The run gets the splits as its dataset inputs (:mod:`~boxinst.platform.run_inputs`), the
+    The run gets the splits as its dataset inputs (``datasets``, else computed here:
+    :func:`~boxinst.platform.run_inputs.dataset_inputs`), the
     system metrics of its rank-0 node, and at the end its final checkpoint as its MLflow model
     (:mod:`~boxinst.platform.mlflow_models`). The MLflow run ends FINISHED, or FAILED / KILLED
     when training fails or is interrupted; a failure raises :class:`RunFailedError`, naming
@@ -93,7 +96,7 @@ def train_tracked(
     )
     with tracker.ending(run_id):
         tracker.log_text(run_id, spec_yaml(spec.as_dict()), SPEC_ARTIFACT)
-        log_datasets(tracker.client, run_id, spec)
+        log_datasets(tracker.client, run_id, dataset_inputs(spec) if datasets is None else datasets)
         logger = MlflowCallback(
             tracker.experiment,
             tracker.tracking_uri,

@@ -27,6 +27,7 @@ from typing import Any
 import pandas
 import ray
 import ray.tune
+from mlflow.entities import DatasetInput
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
@@ -48,6 +49,7 @@ from boxinst.platform.metrics import (
 )
 from boxinst.platform.mlflow_callback import ITERATION
 from boxinst.platform.ray_train import storage_uri
+from boxinst.platform.run_inputs import dataset_inputs
 from boxinst.platform.runs import SPEC_ARTIFACT, spec_yaml, train_tracked
 from boxinst.platform.spec import SpecError, TrainSpec, set_key, validate
 from boxinst.platform.tracking import Tracker
@@ -76,6 +78,7 @@ class SweepContext:
     tracking_uri: str
     parent_run_id: str
     base: dict  # the resolved spec, without its sweep section
+    datasets: dict[str, list[DatasetInput]]  # by trial name: its splits as MLflow inputs
     verbose: bool = False  # Ray Train's own log lines too
 
 
@@ -134,6 +137,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
         tags={TAG_AXES: json.dumps(axes)},
         callbacks=[TuneReportCallback()],
         verbose=context.verbose,
+        datasets=context.datasets[trial_name(spec, axes)],
     )
 
 
@@ -207,6 +211,7 @@ def run_sweep(
             tracker.tracking_uri,
             parent,
             spec_base(spec),
+            {trial: dataset_inputs(point) for trial, point in trial_specs(spec).items()},
             verbose,
         )
         trainable = ray.tune.with_resources(

@@ -210,6 +210,7 @@ def test_a_sweep_whose_driver_was_killed_resumes_where_it_stopped(
     options += ["--set", f"sweep={json.dumps(SWEEP)}", "--set", "solver.steps=[100]"]
     options += ["--set", "reporting={log_every: 1, checkpoint_every: 5}"]
     options += ["--set", "resources={num_workers: 1, cpus_per_worker: 1}"]
+    options += ["--verbose"]  # Tune's own lines, which say when it starts a trial
     # a Ray of its own (not a cluster that `ray start` left here), Tune's state saved as the
     # platform sets it, not as this environment may
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *TUNE_STATE_PERIOD)}

@@ -82,9 +82,11 @@ def test_a_sweep_logs_one_parent_run_and_a_nested_run_per_trial(sweep):
         for key in ("train/loss_proj", "train/images_per_s", "train/lr"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 4
         folders = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert folders == {"config", "evaluation", "predictions", "overlays"}
+        assert folders == {"config", "evaluation", "predictions", "overlays", "images"}
         overlays = client.list_artifacts(run.info.run_id, "overlays")
         assert len(overlays) == 2 and all(a.path.endswith(".png") for a in overlays)
+        images = client.list_artifacts(run.info.run_id, "images")  # the overlays by step
+        assert any(a.path.endswith(".png") for a in images)
         # the final metrics are the evaluation's, box-as-mask baseline included
         folder = client.download_artifacts(run.info.run_id, "evaluation")
         evaluation = json.loads(open(f"{folder}/metrics.json").read())
