@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from torch.utils.data import DataLoader
 
 from boxinst.dashboards import cli as compare_cli
 from boxinst.dashboards import compare
@@ -23,7 +22,6 @@ from boxinst.platform.bench import cli as bench_cli
 from boxinst.platform.console import TrainProgress
 from boxinst.platform.data import check, colour_prior, synth, voc
 from boxinst.platform.data.coco import DatasetError
-from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.decode import ImageError
 from boxinst.platform.inference import load_trained, predict_files
 from boxinst.platform.jobs import ClusterAuthError, submit
@@ -45,6 +43,7 @@ from boxinst.platform.training import (
     CheckpointError,
     build_val_dataset,
     evaluate_model,
+    evaluation_loader,
     prepare_data,
     write_evaluation,
 )
@@ -304,8 +303,7 @@ def _eval(args: argparse.Namespace) -> int:
     model, spec = _trained(args)
     dataset = build_val_dataset(spec)
     print(f"evaluating {args.checkpoint} on {len(dataset)} images of {spec.data.val.annotations}")
-    loader = DataLoader(dataset, batch_size=2, collate_fn=collate_instances)
-    metrics, results = evaluate_model(spec, model, loader)
+    metrics, results = evaluate_model(spec, model, evaluation_loader(dataset))
     print(evaluation.format_table(metrics))
     if args.out:
         write_evaluation(Path(args.out), metrics, results, dataset, spec.evaluation.overlays)

@@ -73,6 +73,13 @@ class MaskIoU:
         self.boxes += _iou(filled, true).sum().item()
         self.instances += len(images)
 
+    def __iadd__(self, other: MaskIoU) -> MaskIoU:
+        """The sums of ``other``'s instances added (another batch's, another worker's)."""
+        self.masks += other.masks
+        self.boxes += other.boxes
+        self.instances += other.instances
+        return self
+
     def metrics(self) -> dict[str, float]:
         """Mean IoUs (NaN without instances)."""
         n = self.instances or float("nan")

@@ -3,9 +3,11 @@ GPU), reporting losses, throughput, checkpoints and COCO metrics to Ray Train.
 
 Every worker reports at the same iterations (Ray Train's report is a barrier): the losses every
 ``reporting.log_every`` iterations, a checkpoint every ``reporting.checkpoint_every``, the COCO
-metrics every ``evaluation.every`` (when set) and at the end. Rank 0 saves the checkpoints and
-evaluates; the trained model is checkpointed before its final evaluation, and the final
-checkpoint also holds the evaluation's files (metrics, COCO results, mask overlays), which
+metrics every ``evaluation.every`` (when set) and at the end. Rank 0 saves the checkpoints; every
+worker predicts its shard of the evaluation set and rank 0 scores them all
+(:mod:`~boxinst.platform.evaluation_shards`). The trained model is checkpointed before its
+final evaluation, and the final checkpoint also holds the evaluation's files (metrics, COCO
+results, mask overlays), which
 :class:`~boxinst.platform.mlflow_callback.MlflowCallback` logs as artifacts.
 """
 
@@ -158,10 +160,8 @@ def train(spec: TrainSpec) -> None:
 
 
 def _evaluate(spec: TrainSpec, state: TrainState, val_loader) -> tuple[dict, list[dict]]:
-    """Rank 0's evaluation of the model (metrics, COCO results), warning of a collapse;
-    nothing on the other ranks."""
-    if not _is_rank0():
-        return {}, []
+    """The evaluation of the model, each worker predicting its shard: the metrics and COCO
+    results on rank 0 (warning of a collapse), nothing on the other ranks."""
     metrics, results = evaluate_model(spec, state.model, val_loader)
     warn_of_collapse(spec, metrics, state.iteration)
     return metrics, results

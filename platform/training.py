@@ -37,6 +37,12 @@ from boxinst.platform.evaluation import (
     save_results,
     true_box_fill,
 )
+from boxinst.platform.evaluation_shards import (
+    ShardBatches,
+    gather_batches,
+    share_rank0_weights,
+    world,
+)
 from boxinst.platform.mask_quality import MaskIoU
 from boxinst.platform.metrics import (
     AP_STATS,
@@ -255,11 +261,11 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     would."""
 
     def __init__(self, dataset, seed: int):
-        distributed = torch.distributed.is_initialized()
+        rank, workers = world()
         self.inner = DistributedSampler(
             dataset,
-            num_replicas=torch.distributed.get_world_size() if distributed else 1,
-            rank=torch.distributed.get_rank() if distributed else 0,
+            num_replicas=workers,
+            rank=rank,
             shuffle=True,
             seed=seed,
             drop_last=True,
@@ -391,7 +397,7 @@ def train_steps(
     loss_cfg = spec.loss_config()
     model = model or state.model
     model.train()
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    workers = world()[1]
     stream = batches(loader, state.iteration)
     since, images_seen = time.perf_counter(), 0
     while state.iteration < until:
@@ -414,7 +420,7 @@ def train_steps(
         learning_rate = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         state.iteration += 1
-        images_seen += len(images) * world
+        images_seen += len(images) * workers
         if on_log is not None and (state.iteration % log_every == 0 or state.iteration == until):
             metrics = {train_loss_name(k): v.item() for k, v in losses.items()}
             metrics[TRAIN_LOSS] = sum(losses.values()).item()
@@ -426,15 +432,14 @@ def train_steps(
 
 
 @torch.no_grad()
-def predict_dataset(
+def predict_batches(
     model: CondInst, loader: DataLoader, loss_cfg: LossConfig
-) -> tuple[list[dict], MaskIoU]:
-    """COCO results of the model on every image of an evaluation loader, and the IoU of its
-    masks at the true instances' locations (:mod:`boxinst.platform.mask_quality`)."""
+) -> list[tuple[list[dict], MaskIoU]]:
+    """For each batch of an evaluation loader, the model's COCO results and the IoU sums of
+    its masks at the true instances' locations (:mod:`boxinst.platform.mask_quality`)."""
     device = next(model.parameters()).device
     dataset: CocoInstanceDataset = loader.dataset
-    results: list[dict] = []
-    quality = MaskIoU()
+    batches = []
     was_training = model.training
     model.eval()
     for images, targets in loader:
@@ -443,12 +448,14 @@ def predict_dataset(
         detections = model.detect(
             outputs, [t["image_size"] for t in targets], [t["original_size"] for t in targets]
         )
-        results += predictions_to_coco_results(
+        results = predictions_to_coco_results(
             detections, [t["image_id"] for t in targets], dataset.category_ids
         )
+        quality = MaskIoU()
         quality.add(model, outputs, targets, loss_cfg)
+        batches.append((results, quality))
     model.train(was_training)
-    return results, quality
+    return batches
 
 
 def evaluate_model(
@@ -456,9 +463,21 @@ def evaluate_model(
 ) -> tuple[dict[str, float], list[dict]]:
     """Mask and box AP on the evaluation set, overall and per class group, the box-as-mask
     baseline of the same detections (the paper's Table 3), how box-like the masks are, and
-    the masks' IoU at the true locations; with the COCO results scored."""
+    the masks' IoU at the true locations; with the COCO results scored.
+
+    In a distributed run every worker calls it with its :func:`evaluation_loader`: each
+    predicts its shard with rank 0's weights, rank 0 gathers and scores the whole set
+    (:mod:`boxinst.platform.evaluation_shards`) and the other ranks return ``({}, [])``."""
     dataset: CocoInstanceDataset = loader.dataset
-    results, quality = predict_dataset(model, loader, spec.loss_config())
+    share_rank0_weights(model, loader.batch_sampler)
+    shard = predict_batches(model, loader, spec.loss_config())
+    batches = gather_batches(loader.batch_sampler, shard)
+    if batches is None:
+        return {}, []
+    results, quality = [], MaskIoU()
+    for batch_results, batch_quality in batches:
+        results += batch_results
+        quality += batch_quality
     metrics = evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
     baseline = evaluate(dataset.coco, box_as_mask(results, dataset.coco))
     metrics.update({box_as_mask_name(stat): baseline[metric_name(SEGM, stat)] for stat in AP_STATS})
@@ -486,8 +505,7 @@ def write_evaluation(
 
 def loaders(spec: TrainSpec, train_set, val_set) -> tuple[DataLoader, DataLoader]:
     """Training loader (``ims_per_batch`` split over the workers) and evaluation loader."""
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    per_worker = max(spec.solver.ims_per_batch // world, 1)
+    per_worker = max(spec.solver.ims_per_batch // world()[1], 1)
     train = DataLoader(
         SeededSamples(train_set),
         batch_size=per_worker,
@@ -496,5 +514,16 @@ def loaders(spec: TrainSpec, train_set, val_set) -> tuple[DataLoader, DataLoader
         num_workers=spec.data.loader_workers,
         collate_fn=collate_instances,
     )
-    val = DataLoader(val_set, batch_size=2, collate_fn=collate_instances)
-    return train, val
+    return train, evaluation_loader(val_set)
+
+
+#: images per evaluation batch (on every worker)
+EVALUATION_BATCH = 2
+
+
+def evaluation_loader(dataset: CocoInstanceDataset) -> DataLoader:
+    """The loader of this worker's shard of an evaluation set (all of it in a process alone),
+    for :func:`evaluate_model`."""
+    rank, workers = world()
+    shard = ShardBatches(len(dataset), EVALUATION_BATCH, rank, workers)
+    return DataLoader(dataset, batch_sampler=shard, collate_fn=collate_instances)

@@ -15,6 +15,7 @@ TINY = {
     "train-step": ["--configs", "small", "--small-size", "64", "--repeats", "1"],
     "data": ["--images", "4", "--workers", "0", "1", "--batch", "2"],
     "eval": ["--images", "3", "--detections", "10"],
+    "eval-workers": ["--images", "5", "--repeats", "1"],
     "inference": ["--configs", "coco", "--size", "64", "96", "--repeats", "1"],
     "preflight": ["--images", "5"],
 }
@@ -84,6 +85,12 @@ def check_eval(result: dict, images: int, detections: int) -> None:
     assert result["segm_AP"] > 30
 
 
+def check_eval_workers(result: dict, images: int) -> None:
+    assert result["images"] == images and result["workers"] == 2
+    assert result["same_metrics"]  # the sharded evaluation scores what rank 0 alone does
+    assert result["ratio"] == pytest.approx(result["sharded_s"] / result["rank0_s"])
+
+
 def check_inference(result: dict, configs: list[str]) -> None:
     check_models(result, configs)
     # score threshold 0: every image yields its full 100 detections
@@ -101,6 +108,7 @@ CHECKS = {
     "train-step": lambda result: check_train_step(result, ["small"]),
     "data": lambda result: check_data(result, ["0", "1"]),
     "eval": lambda result: check_eval(result, 3, 10),
+    "eval-workers": lambda result: check_eval_workers(result, 5),
     "inference": lambda result: check_inference(result, ["coco"]),
     "preflight": lambda result: check_preflight(result, 5),
 }
@@ -124,5 +132,6 @@ def test_all_writes_every_benchmark_into_one_json(tmp_path):
     check_train_step(results["train-step"], ["small", "coco"])
     check_data(results["data"], ["0", "1", "2"])
     check_eval(results["eval"], 3, 100)
+    check_eval_workers(results["eval-workers"], 3)
     check_inference(results["inference"], ["small", "coco"])
     check_preflight(results["preflight"], 3)

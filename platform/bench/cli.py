@@ -14,7 +14,15 @@ from types import ModuleType
 
 import torch
 
-from boxinst.platform.bench import coco_eval, inference, loading, mask_loss, preflight, train_step
+from boxinst.platform.bench import (
+    coco_eval,
+    eval_workers,
+    inference,
+    loading,
+    mask_loss,
+    preflight,
+    train_step,
+)
 from boxinst.platform.bench.batches import CONFIGS
 from boxinst.platform.bench.harness import DEFAULT_OUT_DIR, environment, machine_load, write_json
 
@@ -27,6 +35,10 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
     "train-step": (train_step, "training iteration time, small CPU model and R-50 COCO model"),
     "data": (loading, "data-loading images/s per DataLoader worker count"),
     "eval": (coco_eval, "COCO mask+box evaluation time of a COCO-sized results file"),
+    "eval-workers": (
+        eval_workers,
+        "a run's evaluation by rank 0 alone and sharded over its Ray Train workers",
+    ),
     "inference": (inference, "CondInst.predict images/s, small CPU model and R-50 COCO model"),
     "preflight": (preflight, "the checks before a run on a COCO-sized annotation file"),
 }
@@ -89,6 +101,10 @@ def _arguments(name: str, parser: argparse.ArgumentParser) -> None:
     elif name == "eval":
         parser.add_argument("--images", type=int, help="images (5000)")
         parser.add_argument("--detections", type=int, help="detections per image (100)")
+    elif name == "eval-workers":
+        parser.add_argument("--images", type=int, help="generated validation images (200)")
+        parser.add_argument("--workers", type=int, help="Ray Train workers of 1 CPU (2)")
+        _repeats(parser)
     elif name == "inference":
         _configs(parser)
         _size(parser)
@@ -182,7 +198,9 @@ def register(commands) -> None:
     _size(everything)
     everything.add_argument("--small-size", type=int, help="side of the small model's images")
     _repeats(everything)
-    everything.add_argument("--images", type=int, help="images of the data and eval benchmarks")
+    everything.add_argument(
+        "--images", type=int, help="images of the data, eval and eval-workers benchmarks"
+    )
     _threads(everything)
     everything.add_argument("--out", help=f"JSON file (default {DEFAULT_OUT_DIR}/all.json)")
     everything.set_defaults(handler=_run_all)
