@@ -23,7 +23,7 @@ from boxinst.platform.console import TrainProgress
 from boxinst.platform.data import check, colour_prior, synth, voc
 from boxinst.platform.data.coco import DatasetError
 from boxinst.platform.data.decode import ImageError
-from boxinst.platform.inference import load_trained, predict_files
+from boxinst.platform.inference import load_trained, predict_to_folder
 from boxinst.platform.jobs import ClusterAuthError, submit
 from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
 from boxinst.platform.mlflow_models import ModelUriError, is_model_uri, register_model
@@ -292,15 +292,10 @@ def _rerun(args: argparse.Namespace) -> int:
     return _train_spec(spec, args, experiment)
 
 
-def _trained(args: argparse.Namespace):
-    """The model and spec of ``args.checkpoint``: a checkpoint, or an MLflow model URI."""
-    uri = _tracking_uri(args) if is_model_uri(args.checkpoint) else None
-    return load_trained(args.checkpoint, args.set, uri)
-
-
 def _eval(args: argparse.Namespace) -> int:
     """COCO AP of a checkpoint on its spec's validation set (or another, with --set)."""
-    model, spec = _trained(args)
+    uri = _tracking_uri(args) if is_model_uri(args.checkpoint) else None
+    model, spec, _ = load_trained(args.checkpoint, args.set, uri)
     dataset = build_val_dataset(spec)
     print(f"evaluating {args.checkpoint} on {len(dataset)} images of {spec.data.val.annotations}")
     metrics, results = evaluate_model(spec, model, evaluation_loader(dataset))
@@ -312,12 +307,25 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    """Predictions of a checkpoint on image files: COCO JSON and overlays."""
-    model, spec = _trained(args)
+    """Predictions of a checkpoint on image files and folders: COCO JSON (and overlays)."""
     out = Path(args.out)
-    results = predict_files(model, spec, [Path(p) for p in args.images], out, args.min_score)
-    print(f"{len(results)} detections on {len(args.images)} image(s)")
-    print(f"written: {out / 'predictions.json'} and one overlay PNG per image in {out}")
+    if args.workers:
+        start_ray(args.address, [], args.verbose)
+    images, detections = predict_to_folder(
+        args.checkpoint,
+        args.images,
+        out,
+        args.set,
+        _tracking_uri(args) if is_model_uri(args.checkpoint) else None,
+        overlays=args.overlays,
+        min_score=args.min_score,
+        batch_size=args.batch_size,
+        loader_workers=args.loader_workers,
+        workers=args.workers,
+    )
+    print(f"{detections} detections on {images} image(s), written to {out / 'predictions.json'}")
+    if args.overlays:
+        print(f"one overlay PNG per image in {out}")
     return 0
 
 
@@ -521,16 +529,32 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.set_defaults(handler=_eval)
 
     predict = commands.add_parser(
-        "predict", help="masks of a checkpoint on image files: COCO JSON and overlays"
+        "predict", help="masks of a checkpoint on images and folders: COCO JSON, overlays"
     )
     predict.add_argument("checkpoint", help=MODEL_HELP)
     predict.add_argument("--tracking-uri", help=TRACKING_HELP)
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument(
+        "images", nargs="+", help="image files, and folders (their images, recursively)"
+    )
     predict.add_argument("--out", default="outputs/predict", help="output folder")
     predict.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    predict.add_argument("--overlays", action="store_true", help="draw one PNG per image")
     predict.add_argument(
         "--min-score", type=float, default=0.3, help="lowest score drawn in the overlays"
     )
+    predict.add_argument("--batch-size", type=int, default=8, help="images per batch (8)")
+    predict.add_argument(
+        "--loader-workers", type=int, default=2, help="processes reading the images (2)"
+    )
+    predict.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Ray actors sharing the images, a GPU each where the cluster has them "
+        "(default: predict in this process)",
+    )
+    predict.add_argument("--address", help="Ray cluster of --workers (default: a local Ray)")
+    predict.add_argument("--verbose", action="store_true", help="Ray's own output too")
     predict.set_defaults(handler=_predict)
 
     ui = commands.add_parser("ui", help="the MLflow UI of the local store, on 127.0.0.1")

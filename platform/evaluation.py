@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -499,13 +499,36 @@ def load_ground_truth(path: str | Path) -> COCO:
     return as_coco(data)
 
 
-def save_results(path: str | Path, results: Sequence[Mapping]) -> None:
-    """Writes COCO results as JSON, through a temporary file so a failure leaves no half file."""
+@contextlib.contextmanager
+def results_writer(path: str | Path) -> Iterator[Callable[[Iterable[Mapping]], None]]:
+    """A function that appends COCO results to the JSON list at ``path`` as they come; the
+    list is written to a temporary file that becomes ``path`` when the block ends, and is
+    removed when it fails, so no half file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(list(results)))
+    written = 0
+
+    def write(results: Iterable[Mapping]) -> None:
+        nonlocal written
+        for result in results:
+            file.write(("[" if not written else ",\n") + json.dumps(result))
+            written += 1
+
+    try:
+        with partial.open("w") as file:
+            yield write
+            file.write("]\n" if written else "[]\n")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(path)
+
+
+def save_results(path: str | Path, results: Iterable[Mapping]) -> None:
+    """Writes COCO results as JSON (:func:`results_writer`)."""
+    with results_writer(path) as write:
+        write(results)
 
 
 def load_results(path: str | Path) -> list[dict]:

@@ -62,7 +62,7 @@ def log_trained_model(tracking_uri: str, run_id: str, state: dict, step: int) ->
             name=MODEL_NAME,
             run_id=run_id,
             step=step,
-            metadata={"spec": state["spec"]},
+            metadata={"spec": state["spec"], "categories": state.get("categories", [])},
             pip_requirements=REQUIREMENTS,
             serialization_format="pickle",  # a traced graph (pt2) needs fixed input shapes
         )
@@ -83,16 +83,18 @@ def logger_level(name: str, level: int = logging.ERROR) -> Iterator[None]:
 
 
 def load_logged_model(uri: str, tracking_uri: str) -> dict:
-    """The ``{"spec", "model"}`` state of the model at ``uri`` (what a checkpoint holds of it)."""
+    """The ``{"spec", "model", "categories"}`` state of the model at ``uri`` (what a
+    checkpoint holds of it)."""
     with environment({"MLFLOW_TRACKING_URI": tracking_uri}):
         try:
-            spec = (get_model_info(uri).metadata or {}).get("spec")
+            metadata = get_model_info(uri).metadata or {}
+            spec = metadata.get("spec")
             if spec is None:
                 raise ModelUriError(f"{uri} in {tracking_uri}: not a model boxinst logged")
             model = mlflow.pytorch.load_model(uri, map_location="cpu")
         except MlflowException as error:
             raise ModelUriError(f"{uri} in {tracking_uri}: {error.message}") from None
-    return {"spec": spec, "model": model.state_dict()}
+    return {"spec": spec, "model": model.state_dict(), "categories": metadata.get("categories")}
 
 
 def register_model(client: MlflowClient, run_id: str, name: str) -> str:

@@ -61,16 +61,18 @@ def _is_rank0() -> bool:
 def _report(
     metrics: dict,
     spec: TrainSpec,
+    categories: list[dict],
     state: TrainState | None = None,
     write_files: Callable[[Path], None] | None = None,
 ) -> None:
-    """Report from every worker; rank 0 adds the checkpoint, and in its folder the files
-    ``write_files`` writes there (an evaluation's)."""
+    """Report from every worker; with ``state`` rank 0 adds the checkpoint (and the
+    ``categories`` of the classes), and in its folder the files ``write_files`` writes there
+    (an evaluation's)."""
     if state is None or not _is_rank0():
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(state, spec, Path(folder))
+        save_checkpoint(state, spec, categories, Path(folder))
         if write_files is not None:
             write_files(Path(folder))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
@@ -129,7 +131,8 @@ def train(spec: TrainSpec) -> None:
             state.load_state_dict(load_checkpoint(Path(folder) / CHECKPOINT_FILE))
     resumed_from = state.iteration
     model = ray.train.torch.prepare_model(state.model)  # DDP when there are several workers
-    log = lambda i, m: _report({**m, ITERATION: i}, spec)  # noqa: E731
+    report = functools.partial(_report, spec=spec, categories=train_set.categories)
+    log = lambda i, m: report({**m, ITERATION: i})  # noqa: E731
 
     max_iter, every = spec.solver.max_iter, spec.evaluation.every
     while state.iteration < max_iter:
@@ -140,13 +143,13 @@ def train(spec: TrainSpec) -> None:
         # A model is checkpointed before it is evaluated: an evaluation that fails (an image
         # that cannot be read, say) fails the run, but cannot cost it the model.
         if until % spec.reporting.checkpoint_every == 0:
-            _report({ITERATION: until}, spec, state)
+            report({ITERATION: until}, state=state)
         if every and until % every == 0:
             metrics, results = _evaluate(spec, state, val_loader)
             overlays = functools.partial(_write_overlays, results, val_set, spec)
-            _report({**metrics, ITERATION: until}, spec, state, overlays)
+            report({**metrics, ITERATION: until}, state=state, write_files=overlays)
 
-    _report({ITERATION: state.iteration}, spec, state)
+    report({ITERATION: state.iteration}, state=state)
     metrics, results = _evaluate(spec, state, val_loader)
     evaluation = functools.partial(
         write_evaluation,
@@ -156,7 +159,7 @@ def train(spec: TrainSpec) -> None:
         overlays=spec.evaluation.overlays,
     )
     final = {**metrics, ITERATION: state.iteration, FINAL: True, RESUMED_FROM: resumed_from}
-    _report(final, spec, state, evaluation)
+    report(final, state=state, write_files=evaluation)
 
 
 def _evaluate(spec: TrainSpec, state: TrainState, val_loader) -> tuple[dict, list[dict]]:

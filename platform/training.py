@@ -192,15 +192,18 @@ class TrainState:
         self.skipped_steps = state["skipped_steps"]
 
 
-def save_checkpoint(state: TrainState, spec: TrainSpec, folder: Path) -> Path:
+def save_checkpoint(
+    state: TrainState, spec: TrainSpec, categories: list[dict], folder: Path
+) -> Path:
     """Write ``folder/checkpoint.pt`` atomically (temporary file, fsync, rename): the training
-    state and the resolved spec it trains (so ``boxinst eval`` and ``predict`` can rebuild the
-    model from the file alone)."""
+    state, the resolved spec it trains and the ``categories`` of its classes (the training
+    set's ``{"id", "name"}`` by class index), so that ``boxinst eval`` and ``predict`` rebuild
+    the model and name its classes from the file alone."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
     partial = folder / f".{CHECKPOINT_FILE}.partial"
     with partial.open("wb") as file:
-        torch.save({**state.state_dict(), "spec": spec.as_dict()}, file)
+        torch.save({**state.state_dict(), "spec": spec.as_dict(), "categories": categories}, file)
         file.flush()
         os.fsync(file.fileno())
     partial.replace(path)

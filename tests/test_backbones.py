@@ -345,7 +345,7 @@ def test_a_run_of_the_new_backbones_checkpoints_and_resumes(tiny_spec, tmp_path)
     train_steps(spec, state, train_loader, 3, lambda i, m: logged.append(m), 1)
     assert len(logged) == 3 and all(torch.isfinite(torch.tensor(m[TRAIN_LOSS])) for m in logged)
 
-    checkpoint = load_checkpoint(save_checkpoint(state, spec, tmp_path / "run"))
+    checkpoint = load_checkpoint(save_checkpoint(state, spec, [], tmp_path / "run"))
     restored = build_state(TrainSpec.model_validate(checkpoint["spec"]), torch.device("cpu"))
     restored.load_state_dict(checkpoint)
     images = torch.rand(2, 3, 64, 64) * 255

@@ -24,6 +24,7 @@ from boxinst.platform.tracking import Tracker
 from boxinst.platform.training import (
     CHECKPOINT_FILE,
     build_state,
+    build_val_dataset,
     generate_data,
     load_checkpoint,
     prepare_data,
@@ -51,7 +52,10 @@ def tiny(tmp_path_factory):
 def checkpoint(tiny):
     """An untrained checkpoint of the tiny spec: what `eval` and `predict` read."""
     _, spec, folder = tiny
-    return save_checkpoint(build_state(spec, torch.device("cpu")), spec, folder / "model")
+    categories = build_val_dataset(spec).categories
+    return save_checkpoint(
+        build_state(spec, torch.device("cpu")), spec, categories, folder / "model"
+    )
 
 
 def edited_annotations(spec, folder: Path, split: str, change) -> Path:
@@ -353,7 +357,7 @@ def test_two_images_of_one_name_get_two_overlays(checkpoint, tmp_path, capsys):
         shutil.copy(image, tmp_path / folder / "x.png")
     out = tmp_path / "out"
     argv = ["predict", str(checkpoint), str(tmp_path / "a/x.png"), str(tmp_path / "b/x.png")]
-    code, output = run(capsys, *argv, "--out", str(out))
+    code, output = run(capsys, *argv, "--out", str(out), "--overlays")
     assert code == 0, output
     assert sorted(p.name for p in out.glob("*.png")) == ["x-2.png", "x.png"]
 

@@ -173,7 +173,8 @@ def test_eval_and_predict_from_a_logged_checkpoint(sweep, tmp_path, capsys):
     assert any(line.startswith("box_as_mask ") for line in table)
 
     images = sorted((folder / "shapes" / "val" / "images").iterdir())
-    assert main(["predict", checkpoint, *map(str, images), "--out", str(tmp_path / "p")]) == 0
+    argv = ["predict", checkpoint, *map(str, images), "--out", str(tmp_path / "p"), "--overlays"]
+    assert main(argv) == 0
     predictions = json.loads((tmp_path / "p" / "predictions.json").read_text())
     assert {p["file_name"] for p in predictions} <= set(map(str, images))
     assert all({"bbox", "score", "segmentation", "category_id"} <= set(p) for p in predictions)

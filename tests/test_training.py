@@ -99,7 +99,7 @@ def test_resumed_run_equals_uninterrupted_run(spec, tmp_path):
     schedule, optimiser, RNG) differs by tens of percent."""
     straight, straight_log = run(spec)
     first, _ = run(spec, until=3)  # interrupted after 3 of 6 iterations
-    path = save_checkpoint(first, spec, tmp_path / "ckpt")
+    path = save_checkpoint(first, spec, [], tmp_path / "ckpt")
     resumed, resumed_log = run(spec, start_state=load_checkpoint(path))
     assert resumed.iteration == straight.iteration == 6
     assert [i for i, _ in resumed_log] == [4, 5, 6]
@@ -113,7 +113,7 @@ def test_resumed_run_equals_uninterrupted_run(spec, tmp_path):
 def test_checkpoint_is_atomic_and_safe_to_load(spec, tmp_path):
     state, _ = run(spec, until=1)
     folder = tmp_path / "ckpt"
-    save_checkpoint(state, spec, folder)
+    save_checkpoint(state, spec, [], folder)
     assert [p.name for p in folder.iterdir()] == ["checkpoint.pt"]  # no partial file left
     loaded = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert loaded["iteration"] == 1 and set(loaded) >= {"model", "optimizer", "scheduler", "scaler"}
@@ -207,7 +207,7 @@ spec = load_spec(sys.argv[1])
 state = build_state(spec, torch.device("cpu"))
 while True:
     state.iteration += 1
-    save_checkpoint(state, spec, Path(sys.argv[2]))
+    save_checkpoint(state, spec, [], Path(sys.argv[2]))
 """
 
 

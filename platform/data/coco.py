@@ -131,6 +131,8 @@ class CocoInstanceDataset(Dataset):
         #: contiguous class index -> COCO category id (what evaluation writes back)
         self.category_ids: tuple[int, ...] = tuple(c["id"] for c in categories)
         self.category_names: tuple[str, ...] = tuple(c["name"] for c in categories)
+        #: ``{"id", "name"}`` of each category by contiguous class index (what a checkpoint keeps)
+        self.categories = [{"id": c["id"], "name": c["name"]} for c in categories]
         self.label_of_category = {cid: i for i, cid in enumerate(self.category_ids)}
         self.mask_policy.check_categories(self.category_names)
         self._records = self._build_records()
