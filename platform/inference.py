@@ -230,8 +230,8 @@ def predict_to_folder(
     prediction; an image that cannot be read fails it, and no ``predictions.json`` is left."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; predictions go into a folder")
-    files = image_files(images)
     predictor = Predictor(model_path, overrides, tracking_uri)
+    files = image_files(images)
     if workers:
         model = (model_path, overrides, tracking_uri)
         stream = _on_actors(model, files, workers, batch_size)
