@@ -48,6 +48,13 @@ from boxinst.platform.training import (
     write_evaluation,
 )
 
+#: ``boxinst --help``'s first words (plain text: help is read in a terminal)
+DESCRIPTION = (
+    "Instance segmentation from box annotations: CondInst trained with BoxInst's box-only mask "
+    "losses (or with masks, or both), run on Ray Train, swept on Ray Tune, tracked in MLflow. "
+    "Start with: boxinst sweep quickstart"
+)
+
 
 def _demo(args: argparse.Namespace) -> int:
     """Short trainings on generated shapes, one per regime, and a table of their mask quality."""
@@ -397,7 +404,7 @@ def _add_placement_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="boxinst", description=__doc__)
+    parser = argparse.ArgumentParser(prog="boxinst", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
