@@ -135,9 +135,9 @@ def overlay_names(images: Sequence[Path]) -> list[str]:
 
 class ImageFiles(Dataset):
     """Image files resized for inference: ``(image [3, h, w] uint8, target)`` with the
-    target's ``image_size``, ``original_size`` and ``error`` (the message of an image that
-    cannot be read, raised by :func:`predict_batches` in the main process, not in a loader
-    worker where it would come wrapped in a traceback)."""
+    target's ``image_size`` and ``original_size``; for an image that cannot be read, only its
+    ``error`` (the message, raised by :meth:`Predictor.batches` in the main process, not in a
+    loader worker, where it would come wrapped in a traceback)."""
 
     def __init__(self, files: Sequence[Path], spec: TrainSpec):
         self.files = list(files)
