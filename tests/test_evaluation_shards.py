@@ -55,7 +55,7 @@ def test_two_workers_evaluate_exactly_as_one_process_on_the_checkpoint(
     with result.checkpoint.as_directory() as folder:
         reported = json.loads(open(f"{folder}/{ARTIFACT_EVALUATION}/metrics.json").read())
         distributed = json.loads(open(f"{folder}/{ARTIFACT_PREDICTIONS}/results.json").read())
-        model, loaded = load_trained(folder)
+        model, loaded, _ = load_trained(folder)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker computes
