@@ -68,9 +68,9 @@ def gather_batches(sampler: ShardBatches, shard: list[T]) -> list[T] | None:
     collective: every worker of the group calls it."""
     if len(shard) != len(sampler):
         raise ValueError(f"{len(shard)} items for the {len(sampler)} batches of this worker")
-    numbered = list(zip(sampler.numbers, shard, strict=True))
     if sampler.workers == 1:
         return shard
+    numbered = list(zip(sampler.numbers, shard, strict=True))
     gathered = [None] * sampler.workers if sampler.rank == 0 else None
     dist.gather_object(numbered, gathered, dst=0)
     if sampler.rank != 0:

@@ -230,12 +230,14 @@ def predict_to_folder(
     prediction; an image that cannot be read fails it, and no ``predictions.json`` is left."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; predictions go into a folder")
-    predictor = Predictor(model_path, overrides, tracking_uri)
-    files = image_files(images)
-    if workers:
-        model = (model_path, overrides, tracking_uri)
+    model = (model_path, overrides, tracking_uri)
+    if workers:  # read here only to be refused before the actors start, and for the names
+        categories = load_trained(*model)[2]
+        files = image_files(images)
         stream = _on_actors(model, files, workers, batch_size)
     else:
+        predictor = Predictor(*model)
+        categories, files = predictor.categories, image_files(images)
         stream = predictor.batches(files, 0, batch_size, loader_workers)
     names = overlay_names(files) if overlays else []
     done = detections = 0
@@ -245,7 +247,7 @@ def predict_to_folder(
             for image_id in range(done, done + count) if overlays else ():
                 found = [r for r in results if r["image_id"] == image_id]
                 picture = draw_detections(
-                    read_rgb(files[image_id]), found, predictor.categories[1], min_score
+                    read_rgb(files[image_id]), found, categories[1], min_score
                 )
                 write_png(out / names[image_id], picture)
             done, detections = done + count, detections + len(results)
