@@ -39,7 +39,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from boxinst.platform.data.check import check_records, load_annotations, summarise
+from boxinst.platform.data.check import check_records, load_annotations, read_json, summarise
 from boxinst.platform.data.decode import finite_numbers, rle_counts
 from boxinst.platform.metrics import (
     AP_STATS,
@@ -470,20 +470,6 @@ def true_box_fill(coco_gt: COCO | Mapping) -> float:
 # --- files and presentation ---------------------------------------------------------------------
 
 
-def _read_json(path: str | Path, what: str):
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise EvaluationInputError(f"{what} file {path} does not exist") from None
-    except OSError as error:
-        raise EvaluationInputError(f"cannot read {what} file {path}: {error.strerror}") from None
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EvaluationInputError(f"{what} file {path} is not valid JSON ({error})") from None
-
-
 def load_ground_truth(path: str | Path) -> COCO:
     """A COCO-format ground-truth file as a pycocotools ``COCO``, its records validated as the
     training's loader validates them (:func:`boxinst.platform.data.check.check_records`): a
@@ -533,7 +519,9 @@ def save_results(path: str | Path, results: Iterable[Mapping]) -> None:
 
 def load_results(path: str | Path) -> list[dict]:
     """COCO results from a JSON file (a list of detections)."""
-    data = _read_json(path, "predictions")
+    data, problem = read_json(Path(path))
+    if problem is not None:
+        raise EvaluationInputError(f"predictions file {path} {problem.message}")
     if not isinstance(data, list):
         raise EvaluationInputError(
             f"predictions file {path} must hold a JSON list of detections (COCO results "

@@ -65,17 +65,26 @@ def resolve(path: Path) -> tuple[Path, Path]:
     return path, path.parent / "images"
 
 
-def load_annotations(annotations: Path) -> tuple[dict | None, list[Problem]]:
-    """The parsed JSON, or None and the reason it cannot be read."""
-    name = str(annotations)
+def read_json(path: Path) -> tuple[Any, Problem | None]:
+    """The parsed JSON of a file, or None and the problem that keeps it from being read (no
+    such file, unreadable, not JSON): the one reader of the JSON files users give."""
+    name = str(path)
     try:
-        data = json.loads(Path(annotations).read_bytes())
+        return json.loads(Path(path).read_bytes()), None
     except FileNotFoundError:
-        return None, [Problem(name, "file", "does not exist")]
+        return None, Problem(name, "file", "does not exist")
     except OSError as err:
-        return None, [Problem(name, "file", f"cannot be read ({err})")]
+        return None, Problem(name, "file", f"cannot be read ({err.strerror or err})")
     except (ValueError, RecursionError) as err:  # also: bad UTF-8, integers of over 4300 digits
-        return None, [Problem(name, "file", f"is not valid JSON ({err})")]
+        return None, Problem(name, "file", f"is not valid JSON ({err})")
+
+
+def load_annotations(annotations: Path) -> tuple[dict | None, list[Problem]]:
+    """The parsed COCO-format JSON, or None and the reason it cannot be read."""
+    name = str(annotations)
+    data, problem = read_json(annotations)
+    if problem is not None:
+        return None, [problem]
     if not isinstance(data, dict):
         return None, [Problem(name, "file", "is not COCO format: not a JSON object")]
     missing = [
