@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from boxinst.dashboards import cli as compare_cli
 from boxinst.dashboards import compare
 from boxinst.dashboards import tables as compare_tables
-from boxinst.platform import evaluation, quick_train
+from boxinst.platform import demo, evaluation
 from boxinst.platform.bench import cli as bench_cli
 from boxinst.platform.console import TrainProgress
 from boxinst.platform.data import check, colour_prior, synth, voc
@@ -46,6 +46,7 @@ from boxinst.platform.training import (
     evaluation_loader,
     prepare_data,
     write_evaluation,
+    write_metrics,
 )
 
 #: ``boxinst --help``'s first words (plain text: help is read in a terminal)
@@ -57,26 +58,18 @@ DESCRIPTION = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Short trainings on generated shapes, one per regime, and a table of their mask quality."""
-    configs = [
-        quick_train.QuickTrainConfig(regime=regime, iterations=args.iterations, seed=args.seed)
-        for regime in args.regimes
-    ]
+    """The demo spec's regimes trained briefly on this machine alone, and their masks' table."""
+    spec = load_spec(args.spec, args.set)
+    out = Path(args.out)
     print(
-        f"training {', '.join(args.regimes)}: {configs[0].iterations} iterations each on "
-        f"{configs[0].train_images} generated images, side by side on the CPU cores"
+        f"demo {spec.name}: {spec.solver.max_iter} iterations per trial on generated shapes, a "
+        "trial per CPU core in this machine's processes (no Ray, no MLflow)"
     )
-    results = quick_train.run_parallel(configs, log_every=args.log_every)
-
-    print(f"\n{'regime':<18} {'mask IoU':>9} {'box-as-mask IoU':>16} {'instances':>10} {'time':>7}")
-    for regime, m in zip(args.regimes, results, strict=True):
-        print(
-            f"{regime:<18} {m['mask_iou']:>9.3f} {m['box_iou']:>16.3f} "
-            f"{m['instances']:>10d} {m['seconds']:>6.0f}s"
-        )
+    results = demo.train_trials(spec, out)
+    print(f"\n{demo.table(results)}")
     print(
-        "\nmask IoU: held-out instances' masks, predicted at their ground-truth locations, "
-        "against the true shapes"
+        "\nmask IoU: held-out instances' masks, predicted at their true locations, against the "
+        f"true shapes (filled-box IoU: their boxes'). Checkpoints: {out}/<trial>/"
     )
     return 0
 
@@ -141,22 +134,6 @@ def _data_inspect(args: argparse.Namespace) -> int:
         annotations, images, tuple(args.tau), args.max_images, settings
     )
     print(colour_prior.format_report(stats, settings))
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    """Score a COCO results file with the training's own evaluation code."""
-    try:
-        groups = dict(evaluation.parse_group(text) for text in args.group)
-        metrics = evaluation.evaluate_files(args.gt, args.predictions, groups)
-    except evaluation.EvaluationInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(evaluation.format_table(metrics))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(metrics, indent=2))
-        print(f"\nmetrics written to {args.out}")
     return 0
 
 
@@ -299,12 +276,37 @@ def _rerun(args: argparse.Namespace) -> int:
     return _train_spec(spec, args, experiment)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    """COCO AP of a checkpoint on its spec's validation set (or another, with --set)."""
-    uri = _tracking_uri(args) if is_model_uri(args.checkpoint) else None
-    model, spec, _ = load_trained(args.checkpoint, args.set, uri)
+def _evaluate(args: argparse.Namespace) -> int:
+    """COCO mask and box AP of a model on its spec's validation set, or of a results file."""
+    groups = dict(evaluation.parse_group(text) for text in args.group)
+    if (args.model is None) == (args.predictions is None):
+        raise evaluation.EvaluationInputError(
+            "evaluate a model (MODEL) or a results file (--predictions with --gt): one of them"
+        )
+    if args.model is not None:
+        return _evaluate_model(args, groups)
+    if args.gt is None:
+        raise evaluation.EvaluationInputError("--predictions needs --gt, its ground truth")
+    metrics = evaluation.evaluate_files(args.gt, args.predictions, groups)
+    print(evaluation.format_table(metrics))
+    if args.out:
+        write_metrics(Path(args.out), metrics)
+        print(f"\nmetrics written under {args.out}")
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace, groups: dict[str, list[str]]) -> int:
+    """``evaluate MODEL``: its spec's evaluation, with ``--group`` as extra class groups."""
+    if args.gt is not None:
+        raise evaluation.EvaluationInputError(
+            "--gt goes with --predictions: a model is evaluated on its spec's validation set "
+            "(another with --set data.val.annotations=... --set data.val.images=...)"
+        )
+    uri = _tracking_uri(args) if is_model_uri(args.model) else None
+    overrides = [*args.set, *(f"evaluation.groups.{g}={json.dumps(m)}" for g, m in groups.items())]
+    model, spec, _ = load_trained(args.model, overrides, uri)
     dataset = build_val_dataset(spec)
-    print(f"evaluating {args.checkpoint} on {len(dataset)} images of {spec.data.val.annotations}")
+    print(f"evaluating {args.model} on {len(dataset)} images of {spec.data.val.annotations}")
     metrics, results = evaluate_model(spec, model, evaluation_loader(dataset))
     print(evaluation.format_table(metrics))
     if args.out:
@@ -407,16 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxinst", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo", help="train briefly on generated shapes under each regime (CPU)"
+    demo_cmd = commands.add_parser(
+        "demo", help="train each regime briefly on generated shapes, here, without Ray (CPU)"
     )
-    demo.add_argument(
-        "--regimes", nargs="+", default=list(quick_train.REGIMES), choices=list(quick_train.REGIMES)
-    )
-    demo.add_argument("--iterations", type=int, default=quick_train.QuickTrainConfig.iterations)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--log-every", type=int, default=50)
-    demo.set_defaults(handler=_demo)
+    demo_cmd.add_argument("spec", nargs="?", default="demo", help="a spec with trials (demo)")
+    demo_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo_cmd.add_argument("--out", default="outputs/demo", help="checkpoints' folder")
+    demo_cmd.set_defaults(handler=_demo)
 
     data = commands.add_parser("data", help="datasets: generate, check, convert")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -474,21 +473,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="output folder")
     convert.set_defaults(handler=_data_convert_voc)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="COCO mask and box AP of a results file, over all classes and groups"
-    )
-    evaluate.add_argument("--gt", required=True, help="COCO-format ground-truth JSON")
-    evaluate.add_argument("--predictions", required=True, help="COCO results JSON")
-    evaluate.add_argument(
-        "--group",
-        action="append",
-        default=[],
-        metavar="NAME=cat1,cat2",
-        help="also score a class group (category names or ids); repeatable",
-    )
-    evaluate.add_argument("--out", help="write the metrics as JSON, keyed by metric name")
-    evaluate.set_defaults(handler=_evaluate)
-
     train = commands.add_parser("train", help="train one spec on Ray Train, tracked in MLflow")
     train.add_argument("spec", help="a spec file, or the name of a shipped spec (quickstart, ...)")
     _add_run_options(train)
@@ -526,14 +510,30 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
     submit.set_defaults(handler=_submit)
 
-    eval_cmd = commands.add_parser(
-        "eval", help="COCO mask and box AP of a checkpoint on its validation set"
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="COCO mask and box AP of a model on its validation set, or of a results file",
     )
-    eval_cmd.add_argument("checkpoint", help=MODEL_HELP)
-    eval_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    eval_cmd.add_argument("--tracking-uri", help=TRACKING_HELP)
-    eval_cmd.add_argument("--out", help="write metrics, predictions and overlays under this folder")
-    eval_cmd.set_defaults(handler=_eval)
+    evaluate.add_argument(
+        "model", nargs="?", help=f"{MODEL_HELP}; or, instead, --predictions and --gt"
+    )
+    evaluate.add_argument("--predictions", help="a COCO results JSON to score instead of a model")
+    evaluate.add_argument("--gt", help="the COCO-format ground-truth JSON of --predictions")
+    evaluate.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME=cat1,cat2",
+        help="also score a class group (category names or ids); repeatable",
+    )
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--tracking-uri", help=TRACKING_HELP)
+    evaluate.add_argument(
+        "--out",
+        help="write evaluation/metrics.json under this folder (a model's: with its "
+        "predictions/results.json and overlays/)",
+    )
+    evaluate.set_defaults(handler=_evaluate)
 
     predict = commands.add_parser(
         "predict", help="masks of a checkpoint on images and folders: COCO JSON, overlays"
@@ -593,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         ImageError,
         FileExistsError,
         ModelUriError,
+        evaluation.EvaluationInputError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

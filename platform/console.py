@@ -36,7 +36,9 @@ from ray.tune import Callback
 
 from boxinst.platform.metrics import (
     BBOX_AP,
+    FINAL,
     IMAGES_PER_SECOND,
+    ITERATION,
     LEARNING_RATE,
     LOSSES,
     SEGM_AP,
@@ -44,7 +46,6 @@ from boxinst.platform.metrics import (
     box_as_mask_name,
     train_loss_name,
 )
-from boxinst.platform.mlflow_callback import FINAL, ITERATION
 
 #: The console's verbosity, as each part of Ray takes it: (quiet, verbose).
 RAY_TRAIN_LOG_LEVEL = ("WARNING", "INFO")

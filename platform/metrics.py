@@ -81,6 +81,13 @@ LEARNING_RATE = "train/lr"
 #: Steps not taken because a loss was NaN or inf (``solver.on_nonfinite_loss: skip``), so far.
 SKIPPED_STEPS = "train/skipped_steps"
 
+#: Keys of a training report that are bookkeeping, not metrics: the iteration it was made at,
+#: whether it is the run's final one, and the iteration the run was resumed from.
+ITERATION = "iteration"
+FINAL = "final"
+RESUMED_FROM = "resumed_from"
+BOOKKEEPING = (ITERATION, FINAL, RESUMED_FROM)
+
 #: The paper's "box as mask" baseline (Table 3): the trial's own detections with their boxes
 #: filled as masks, scored as masks: ``box_as_mask/AP``, ``box_as_mask/AP50``, ...
 BOX_AS_MASK = "box_as_mask"

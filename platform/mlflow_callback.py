@@ -39,15 +39,12 @@ from boxinst.platform.metrics import (
     ARTIFACT_EVALUATION,
     ARTIFACT_OVERLAYS,
     ARTIFACT_PREDICTIONS,
+    BOOKKEEPING,
+    FINAL,
+    ITERATION,
     TAG_CHECKPOINT,
 )
 from boxinst.platform.tracking import METRIC_BATCH
-
-#: Keys of a report that are bookkeeping, not metrics.
-ITERATION = "iteration"
-FINAL = "final"
-RESUMED_FROM = "resumed_from"
-BOOKKEEPING = (ITERATION, FINAL, RESUMED_FROM)
 
 #: MLflow's client retries a failed request up to 7 times with exponential back-off (minutes
 #: against a dead server) and waits up to 120 s for an answer. It takes both only from these

@@ -18,6 +18,7 @@ from ray.train.v2.api.callback import UserCallback
 from boxinst.platform.evaluation import collapse_warning
 from boxinst.platform.metrics import (
     ARTIFACT_CONFIG,
+    ITERATION,
     KIND_TRIAL,
     TAG_CHECKPOINT,
     TAG_COLLAPSE,
@@ -27,9 +28,9 @@ from boxinst.platform.metrics import (
     TAG_REGIME,
     TAG_SPEC,
 )
-from boxinst.platform.mlflow_callback import ITERATION, UNREACHABLE, MlflowCallback
+from boxinst.platform.mlflow_callback import UNREACHABLE, MlflowCallback
 from boxinst.platform.mlflow_models import log_trained_model
-from boxinst.platform.ray_train import box_supervised, build_trainer, storage_uri
+from boxinst.platform.ray_train import build_trainer, storage_uri
 from boxinst.platform.run_inputs import dataset_inputs, log_datasets
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.tracking import Tracker
@@ -117,7 +118,7 @@ def train_tracked(
             what = f"run {ray_run} of {spec.name} ({spec.regime.name}, MLflow run {run_id})"
             folder = f"{storage_uri(storage)}/{ray_run}"
             raise RunFailedError(what, error, tracker.tag(run_id, TAG_CHECKPOINT), folder) from None
-        warning = collapse_warning(result.metrics) if box_supervised(spec) else None
+        warning = collapse_warning(result.metrics) if spec.regime.box_supervised else None
         if warning:
             tracker.client.set_tag(run_id, TAG_COLLAPSE, warning)
         if tracker.tag(run_id, TAG_MODEL) is None:  # a restored trial that ended has its model

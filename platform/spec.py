@@ -97,6 +97,11 @@ class Regime(Spec):
         parse_mask_policy(masks)  # raises ValueError naming the bad key or value
         return masks
 
+    @property
+    def box_supervised(self) -> bool:
+        """Whether some instances learn their masks from boxes (a box term on, not every mask)."""
+        return self.masks != "all" and (self.projection or self.pairwise or self.prior)
+
 
 class Split(Spec):
     """A COCO-format split; relative paths are taken from the working directory of the command

@@ -35,6 +35,7 @@ from boxinst.platform.console import RAY_TUNE_OUTPUT, RAY_TUNE_VERBOSITY, SweepP
 from boxinst.platform.environment import environment
 from boxinst.platform.metrics import (
     BBOX_AP,
+    ITERATION,
     KIND_SWEEP,
     SEGM,
     SEGM_AP,
@@ -47,7 +48,6 @@ from boxinst.platform.metrics import (
     box_as_mask_name,
     metric_name,
 )
-from boxinst.platform.mlflow_callback import ITERATION
 from boxinst.platform.ray_train import storage_uri
 from boxinst.platform.run_inputs import dataset_inputs
 from boxinst.platform.runs import SPEC_ARTIFACT, spec_yaml, train_tracked

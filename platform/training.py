@@ -1,7 +1,9 @@
 """One training run of a spec: data, model, optimisation loop, checkpoints and evaluation.
 
-The loop is written once for a single process and for each worker of a distributed run (the
-Ray Train glue wraps the model and loaders; this module only asks ``torch.distributed``).
+:func:`run` is the one loop of everything that trains: each worker of a Ray Train run
+(``train``, ``sweep``, the fidelity suite: :mod:`~boxinst.platform.ray_train` gives it Ray's
+report, checkpoint and DDP wrapper), and a process alone (``boxinst demo`` and the learning
+test: :mod:`~boxinst.platform.demo`). It only asks ``torch.distributed`` whether it has peers.
 A checkpoint holds everything a resumed run needs to continue exactly where it stopped:
 model, optimiser, schedule, AMP scaler, iteration, and the random states of torch and of the
 loop's own generators. It is written to a temporary file and renamed, so a crash while writing
@@ -11,8 +13,10 @@ leaves the previous one whole, and it loads with ``torch.load(weights_only=True)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from boxinst.platform.data.transforms import eval_transform, train_transform
 from boxinst.platform.evaluation import (
     box_as_mask,
     box_likeness,
+    collapse_warning,
     evaluate,
     predictions_to_coco_results,
     save_results,
@@ -50,8 +55,11 @@ from boxinst.platform.metrics import (
     ARTIFACT_OVERLAYS,
     ARTIFACT_PREDICTIONS,
     BOX_LIKENESS_TRUE_FILL,
+    FINAL,
     IMAGES_PER_SECOND,
+    ITERATION,
     LEARNING_RATE,
+    RESUMED_FROM,
     SEGM,
     SKIPPED_STEPS,
     TRAIN_LOSS,
@@ -500,10 +508,23 @@ def write_evaluation(
     """The evaluation's files under ``folder``: ``evaluation/metrics.json``,
     ``predictions/results.json`` (COCO results) and ``overlays/<image id>.png`` for the first
     ``overlays`` images (the folders are the MLflow artifact paths)."""
-    (folder / ARTIFACT_EVALUATION).mkdir(parents=True, exist_ok=True)
-    (folder / ARTIFACT_EVALUATION / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics(folder, metrics)
     save_results(folder / ARTIFACT_PREDICTIONS / "results.json", results)
     write_overlays(dataset, results, overlays, folder / ARTIFACT_OVERLAYS)
+
+
+def write_metrics(folder: Path, metrics: dict[str, float]) -> None:
+    """``folder/evaluation/metrics.json``: an evaluation's metrics by name."""
+    (folder / ARTIFACT_EVALUATION).mkdir(parents=True, exist_ok=True)
+    (folder / ARTIFACT_EVALUATION / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def write_overlays_into(
+    folder: Path, dataset: CocoInstanceDataset, results: list[dict], spec: TrainSpec
+) -> None:
+    """An intermediate evaluation's overlays under ``folder`` (the MLflow callback logs them as
+    images at the evaluation's step)."""
+    write_overlays(dataset, results, spec.evaluation.overlays, folder / ARTIFACT_OVERLAYS)
 
 
 def loaders(spec: TrainSpec, train_set, val_set) -> tuple[DataLoader, DataLoader]:
@@ -530,3 +551,100 @@ def evaluation_loader(dataset: CocoInstanceDataset) -> DataLoader:
     rank, workers = world()
     shard = ShardBatches(len(dataset), EVALUATION_BATCH, rank, workers)
     return DataLoader(dataset, batch_sampler=shard, collate_fn=collate_instances)
+
+
+#: ``report(metrics, folder)``: a report of the run, made by every worker at the same
+#: iterations (:data:`~boxinst.platform.metrics.ITERATION` among the metrics). At the reports
+#: that checkpoint, ``folder`` is, on rank 0, a folder holding the checkpoint (and the files of
+#: the evaluation reported, if any), there for the duration of the call; otherwise None.
+Report = Callable[[dict, Path | None], None]
+
+
+def run(
+    spec: TrainSpec,
+    device: torch.device,
+    report: Report,
+    resume: dict | None = None,
+    wrap_model: Callable[[CondInst], torch.nn.Module] = lambda model: model,
+) -> dict[str, float]:
+    """Train ``spec`` on this worker from ``resume`` (a checkpoint's state) or from scratch,
+    and return the final evaluation's metrics (rank 0; ``{}`` on the other ranks).
+
+    It reports the losses every ``reporting.log_every`` iterations, a checkpoint every
+    ``reporting.checkpoint_every``, a checkpoint with the COCO metrics and the overlays every
+    ``evaluation.every`` (when set), and at the end the trained model's checkpoint, then the
+    final evaluation in a checkpoint holding its files (:func:`write_evaluation`): a model is
+    checkpointed before it is evaluated, so an evaluation that fails (an image that cannot be
+    read, say) fails the run but cannot cost it the model. ``wrap_model`` gives the module that
+    trains (DDP over the workers)."""
+    train_set, val_set = build_datasets(spec)
+    train_loader, val_loader = loaders(spec, train_set, val_set)
+    state = build_state(spec, device)
+    if resume is not None:
+        state.load_state_dict(resume)
+    resumed_from = state.iteration
+    model = wrap_model(state.model)
+
+    def checkpointed(metrics: dict, write_files: Callable[[Path], None] | None = None) -> None:
+        if world()[0] != 0:
+            report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(state, spec, train_set.categories, Path(folder))
+            if write_files is not None:
+                write_files(Path(folder))
+            report(metrics, Path(folder))
+
+    def evaluated() -> tuple[dict, list[dict]]:
+        metrics, results = evaluate_model(spec, state.model, val_loader)
+        warn_of_collapse(spec, metrics, state.iteration)
+        return metrics, results
+
+    def log(iteration: int, losses: dict) -> None:
+        report({**losses, ITERATION: iteration}, None)
+
+    max_iter, every = spec.solver.max_iter, spec.evaluation.every
+    while state.iteration < max_iter:
+        until = next_stop(state.iteration, spec)
+        train_steps(spec, state, train_loader, until, log, spec.reporting.log_every, model)
+        if until == max_iter:
+            break
+        if until % spec.reporting.checkpoint_every == 0:
+            checkpointed({ITERATION: until})
+        if every and until % every == 0:
+            metrics, results = evaluated()
+            overlays = functools.partial(
+                write_overlays_into, dataset=val_set, results=results, spec=spec
+            )
+            checkpointed({**metrics, ITERATION: until}, overlays)
+
+    checkpointed({ITERATION: state.iteration})
+    metrics, results = evaluated()
+    files = functools.partial(
+        write_evaluation,
+        metrics=metrics,
+        results=results,
+        dataset=val_set,
+        overlays=spec.evaluation.overlays,
+    )
+    final = {ITERATION: state.iteration, FINAL: True, RESUMED_FROM: resumed_from}
+    checkpointed({**metrics, **final}, files)
+    return metrics
+
+
+def next_stop(iteration: int, spec: TrainSpec) -> int:
+    """The first iteration after ``iteration`` that ends a stretch of training: a checkpoint,
+    an evaluation, or the end."""
+    stops = [spec.solver.max_iter]
+    for every in (spec.reporting.checkpoint_every, spec.evaluation.every):
+        if every:
+            stops.append((iteration // every + 1) * every)
+    return min(stops)
+
+
+def warn_of_collapse(spec: TrainSpec, metrics: dict, iteration: int) -> None:
+    """Print a warning when a box-supervised model's masks are collapsing (the diagnosis of
+    :func:`~boxinst.platform.evaluation.collapse_warning`)."""
+    warning = collapse_warning(metrics) if spec.regime.box_supervised and metrics else None
+    if warning:
+        print(f"warning: {spec.name} ({spec.regime.name}), iteration {iteration}: {warning}")

@@ -1,6 +1,7 @@
 """Shared helpers of the test suite."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -19,7 +20,6 @@ import ray
 import yaml
 
 from boxinst.platform.data.synth import SynthConfig, synthesize
-from boxinst.platform.quick_train import small_model_config
 from boxinst.platform.spec import load_spec
 from boxinst.platform.training import prepare_data
 
@@ -44,10 +44,19 @@ def pytest_unconfigure(config):
     shutil.rmtree(Path(os.environ["RAY_AUTH_TOKEN_PATH"]).parent, ignore_errors=True)
 
 
+#: The CPU-sized CondInst of the quickstart (ResNet-10 from scratch, 64-channel FPN).
+QUICKSTART_MODEL = load_spec("quickstart").model
+
+
+def cpu_model_config(**overrides):
+    """The quickstart's model config with ``overrides`` (3 classes unless given)."""
+    return dataclasses.replace(QUICKSTART_MODEL, **{"num_classes": 3, **overrides})
+
+
 @pytest.fixture
 def make_config():
-    """The CPU-sized CondInst config (3 classes unless overridden)."""
-    return lambda **overrides: small_model_config(**{"num_classes": 3, **overrides})
+    """:func:`cpu_model_config`, for tests that build models."""
+    return cpu_model_config
 
 
 def free_port() -> int:
@@ -162,7 +171,9 @@ def write_tiny_spec(folder: Path) -> Path:
             "test_short_size": 64,
             "loader_workers": 0,
         },
-        "model": small_model_config(num_classes=7, head_convs=1, mask_branch_convs=1).__dict__,
+        "model": dataclasses.asdict(
+            cpu_model_config(num_classes=7, head_convs=1, mask_branch_convs=1)
+        ),
         "solver": {"ims_per_batch": 2, "max_iter": 6, "steps": [4], "warmup_iters": 2},
     }
     path = folder / "tiny.yaml"

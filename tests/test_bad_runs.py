@@ -310,7 +310,7 @@ CHECKPOINT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("command", ["eval", "predict"])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
 @pytest.mark.parametrize(
     ("make", "fragment"), [c[1:] for c in CHECKPOINT_CASES], ids=[c[0] for c in CHECKPOINT_CASES]
 )
@@ -322,14 +322,14 @@ def test_a_bad_checkpoint_is_named(checkpoint, tmp_path, capsys, command, make, 
     assert_refused(code, output, str(path), fragment)
 
 
-def test_eval_names_a_missing_validation_set(checkpoint, capsys):
-    argv = ["eval", str(checkpoint), "--set", "data.val.annotations=/nonexistent/val.json"]
+def test_evaluate_names_a_missing_validation_set(checkpoint, capsys):
+    argv = ["evaluate", str(checkpoint), "--set", "data.val.annotations=/nonexistent/val.json"]
     code, output = run(capsys, *argv)
     assert_refused(code, output, "/nonexistent/val.json: file: does not exist")
 
 
 def test_overrides_that_change_the_model_are_named(checkpoint, capsys):
-    code, output = run(capsys, "eval", str(checkpoint), "--set", "model.num_classes=3")
+    code, output = run(capsys, "evaluate", str(checkpoint), "--set", "model.num_classes=3")
     assert_refused(code, output, str(checkpoint), "do not fit the model", "--set overrides")
 
 

@@ -1,4 +1,5 @@
-"""`boxinst evaluate` on a generated dataset, as a user runs it."""
+"""`boxinst evaluate` of a results file on a generated dataset, as a user runs it (of a model:
+``test_platform.py`` and ``test_bad_runs.py``)."""
 
 import json
 
@@ -24,10 +25,10 @@ def test_evaluate_scores_perfect_predictions_and_writes_metrics(val_split, tmp_p
     ]
     predictions = tmp_path / "predictions.json"
     predictions.write_text(json.dumps(perfect))
-    out = tmp_path / "metrics.json"
+    out = tmp_path / "scored"
     argv = ["evaluate", "--gt", str(val_split), "--predictions", str(predictions)]
     assert main([*argv, "--group", "curved=ellipse,ring,crescent", "--out", str(out)]) == 0
-    metrics = json.loads(out.read_text())
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert metrics["segm/AP"] == metrics["bbox/AP"] == metrics["segm_curved/AP"] == 100.0
     assert "segm_curved" in capsys.readouterr().out
 
@@ -36,3 +37,17 @@ def test_evaluate_names_the_missing_file(val_split, tmp_path, capsys):
     missing = tmp_path / "nothing.json"
     assert main(["evaluate", "--gt", str(val_split), "--predictions", str(missing)]) == 2
     assert f"predictions file {missing} does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        ([], "evaluate a model (MODEL) or a results file"),
+        (["model.pt", "--predictions", "p.json", "--gt", "g.json"], "one of them"),
+        (["--predictions", "p.json"], "--predictions needs --gt"),
+        (["model.pt", "--gt", "g.json"], "--gt goes with --predictions"),
+    ],
+)
+def test_evaluate_says_which_inputs_it_takes(argv, fragment, capsys):
+    assert main(["evaluate", *argv]) == 2
+    assert fragment in capsys.readouterr().err

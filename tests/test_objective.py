@@ -7,10 +7,16 @@ import pytest
 import torch
 
 from boxinst.models.condinst import CondInst
+from boxinst.platform.data.collate import collate_scenes
+from boxinst.platform.data.shapes import render_scene
 from boxinst.platform.objective import LossConfig, box_masks_at_stride, compute_losses
-from boxinst.platform.quick_train import QuickTrainConfig, generate, scenes_to_batch
 
-SCENES = QuickTrainConfig(image_size=64, classes=("ellipse", "triangle", "star"), max_objects=3)
+
+def generate(count: int, seed: int):
+    """Scenes of 64x64 pixels, up to three ellipses, triangles and stars each."""
+    rng = np.random.default_rng(seed)
+    classes = ("ellipse", "triangle", "star")
+    return [render_scene(rng, 64, 64, classes, 3, (0.2, 0.4)) for _ in range(count)]
 
 
 def test_box_masks_are_sampled_like_the_official_bitmasks():
@@ -23,8 +29,8 @@ def test_box_masks_are_sampled_like_the_official_bitmasks():
 
 @pytest.fixture(scope="module")
 def batch():
-    scenes = generate(SCENES, 2, seed=1)
-    return scenes_to_batch(scenes, has_mask=False)
+    scenes = generate(2, seed=1)
+    return collate_scenes(scenes, has_mask=False)
 
 
 def _losses(batch, make_config, cfg=None, targets=None):
@@ -84,10 +90,10 @@ def test_regime_switches_select_the_terms(batch, make_config):
 
 
 def test_image_without_objects_is_fine(make_config):
-    scenes = generate(SCENES, 1, seed=2)
+    scenes = generate(1, seed=2)
     scenes[0].masks = np.zeros((0, 64, 64), np.uint8)
     scenes[0].boxes = np.zeros((0, 4), np.float32)
     scenes[0].labels = np.zeros((0,), np.int64)
-    losses = _losses(scenes_to_batch(scenes, has_mask=False), make_config)
+    losses = _losses(collate_scenes(scenes, has_mask=False), make_config)
     assert all(math.isfinite(v.item()) for v in losses.values())
     assert losses["loss_proj"].item() == 0 and losses["loss_box"].item() == 0

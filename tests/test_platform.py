@@ -161,11 +161,11 @@ def test_rerun_reproduces_a_logged_run_with_overrides(sweep, mlflow_server, tmp_
     assert changed == {"solver.max_iter"}
 
 
-def test_eval_and_predict_from_a_logged_checkpoint(sweep, tmp_path, capsys):
+def test_evaluate_and_predict_from_a_logged_checkpoint(sweep, tmp_path, capsys):
     _, runs, folder, _ = sweep
     run = runs["box_only"]
     checkpoint = run.data.tags[TAG_CHECKPOINT]
-    assert main(["eval", checkpoint, "--out", str(tmp_path / "eval")]) == 0
+    assert main(["evaluate", checkpoint, "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "evaluation" / "metrics.json").read_text())
     assert metrics["segm/AP"] == pytest.approx(run.data.metrics["segm/AP"])  # same model, data
     table = capsys.readouterr().out.splitlines()
@@ -188,5 +188,5 @@ def test_commands_name_a_bad_spec_or_checkpoint(tmp_path, capsys):
     bad.write_text(write_tiny_spec(tmp_path).read_text() + "sovler: {}\n")
     assert main(["train", str(bad)]) == 2
     assert f"{bad}: sovler: unknown key" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from boxinst.models.condinst import SIZE_DIVISIBILITY
+from boxinst.platform.data.shapes import Scene
 from boxinst.platform.data.transforms import MASK_KEYS
 
 
@@ -46,3 +47,22 @@ def collate_instances(
                 padded[key][:, :h, :w] = target[key]
         targets.append({**target, **padded})
     return images, targets
+
+
+def collate_scenes(
+    scenes: Sequence[Scene], has_mask: bool
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Generated scenes (:mod:`boxinst.platform.data.shapes`) as one batch, their instances
+    with (``has_mask``) or without their masks: a batch without files, for benchmarks and
+    tests of the objective."""
+    samples = []
+    for scene in scenes:
+        target = {
+            "boxes": torch.from_numpy(scene.boxes),
+            "labels": torch.from_numpy(scene.labels),
+            "masks": torch.from_numpy(scene.masks),
+            "has_mask": torch.full((len(scene.masks),), has_mask),
+            "image_size": scene.image.shape[:2],
+        }
+        samples.append((torch.from_numpy(scene.image).permute(2, 0, 1), target))
+    return collate_instances(samples)
