@@ -14,9 +14,9 @@ checkpoints included) times the iterations left.
 
 Ray's own console output is turned down at its source: Ray Train's ``ray.train`` logs at
 WARNING (``RunConfig(logging_config=...)``), Ray Tune's status tables off, the driver's Ray
-logger at WARNING, and in the worker processes of the Rays boxinst starts (a local one, a
-submitted job's) three loggers that the levels above miss (:func:`quiet_ray_worker`);
-``--verbose`` gives all of it back.
+logger at WARNING (and its token notice off: :func:`quiet_ray_driver`), and in the worker
+processes of the Rays boxinst starts (a local one, a submitted job's) three loggers that the
+levels above miss (:func:`quiet_ray_worker`); ``--verbose`` gives all of it back.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import ray
+from ray._private.authentication import authentication_token_setup
 from ray.train.v2._internal.execution import context as train_context
 from ray.train.v2._internal.execution.controller import placement_group_cleaner
 from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client
@@ -101,6 +102,13 @@ def quiet_ray_worker() -> None:
     for name, level in QUIETED.items():
         logging.getLogger(name).addFilter(AtLeast(level))
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def quiet_ray_driver() -> None:
+    """Turn down, in this process, what a local Ray's start logs at WARNING that is no news:
+    that the new local cluster requires a token, which Ray then keeps in ``~/.ray`` (Ray
+    2.59+; a token-less cluster's warning, an ERROR, still shows)."""
+    logging.getLogger(authentication_token_setup.__name__).addFilter(AtLeast(logging.ERROR))
 
 
 #: The part of a runtime environment that installs :func:`quiet_ray_worker`.

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import ray
 from ray._private.services import canonicalize_bootstrap_address
 
-from boxinst.platform.console import QUIET_WORKERS, RAY_DRIVER_LOG_LEVEL
+from boxinst.platform.console import QUIET_WORKERS, RAY_DRIVER_LOG_LEVEL, quiet_ray_driver
 from boxinst.platform.preflight import PreflightError
 from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import TrainSpec
@@ -84,6 +84,8 @@ def start_ray(address: str | None, runs: Iterable[TrainSpec], verbose: bool = Fa
         check_reachable(address)
     for name, value in WORKER_ENV.items():  # a local Ray's workers inherit it
         os.environ.setdefault(name, value)
+    if not verbose:
+        quiet_ray_driver()
     ray.init(
         address=address,
         include_dashboard=False,

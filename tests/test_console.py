@@ -7,8 +7,15 @@ import logging.config
 import os
 
 import ray
+from ray._private.authentication import authentication_token_setup
 
-from boxinst.platform.console import QUIETED, Progress, duration, quiet_ray_worker
+from boxinst.platform.console import (
+    QUIETED,
+    Progress,
+    duration,
+    quiet_ray_driver,
+    quiet_ray_worker,
+)
 
 
 class Clock:
@@ -112,3 +119,15 @@ def test_the_worker_hook_filters_the_loggers_it_names_and_no_more(local_ray, mon
     finally:
         for name, logger in loggers.items():
             logger.filters = filters[name]
+
+
+def test_the_driver_loses_rays_token_notice_and_keeps_its_errors():
+    logger = logging.getLogger(authentication_token_setup.__name__)
+    filters = list(logger.filters)
+    try:
+        quiet_ray_driver()
+        notice = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, "x", (), None)
+        error = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "x", (), None)
+        assert not logger.filter(notice) and logger.filter(error)
+    finally:
+        logger.filters = filters
