@@ -17,29 +17,30 @@ from mlflow.tracking import MlflowClient
 from boxinst.dashboards import cli as compare_cli
 from boxinst.dashboards import compare
 from boxinst.dashboards import tables as compare_tables
-from boxinst.platform import demo, evaluation
 from boxinst.platform.bench import cli as bench_cli
 from boxinst.platform.console import TrainProgress
 from boxinst.platform.data import check, colour_prior, synth, voc
 from boxinst.platform.data.coco import DatasetError
 from boxinst.platform.data.decode import ImageError
+from boxinst.platform.evaluation import coco
 from boxinst.platform.inference import load_trained, predict_to_folder
 from boxinst.platform.jobs import ClusterAuthError, submit
 from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
-from boxinst.platform.mlflow_models import ModelUriError, is_model_uri, register_model
 from boxinst.platform.preflight import PreflightError
 from boxinst.platform.ray_cluster import ClusterUnreachable, start_ray
-from boxinst.platform.runs import SPEC_ARTIFACT, RunFailedError, train_tracked
 from boxinst.platform.spec import SpecError, load_spec
 from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table, trial_specs
-from boxinst.platform.tracking import (
+from boxinst.platform.tracking.models import ModelUriError, is_model_uri, register_model
+from boxinst.platform.tracking.runs import SPEC_ARTIFACT, RunFailedError, train_tracked
+from boxinst.platform.tracking.tracker import (
     Tracker,
     TrackingUnreachable,
     check_reachable,
     default_tracking_uri,
     runs_page,
 )
-from boxinst.platform.training import (
+from boxinst.platform.training import local
+from boxinst.platform.training.loop import (
     CheckpointError,
     build_val_dataset,
     evaluate_model,
@@ -65,8 +66,8 @@ def _demo(args: argparse.Namespace) -> int:
         f"demo {spec.name}: {spec.solver.max_iter} iterations per trial on generated shapes, a "
         "trial per CPU core in this machine's processes (no Ray, no MLflow)"
     )
-    results = demo.train_trials(spec, out)
-    print(f"\n{demo.table(results)}")
+    results = local.train_trials(spec, out)
+    print(f"\n{local.table(results)}")
     print(
         "\nmask IoU: held-out instances' masks, predicted at their true locations, against the "
         f"true shapes (filled-box IoU: their boxes'). Checkpoints: {out}/<trial>/"
@@ -147,8 +148,8 @@ def _data_convert_voc(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for split, coco in splits.items():
-        print(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
+    for split, dataset in splits.items():
+        print(f"{split}: {len(dataset['images'])} images, {len(dataset['annotations'])} instances")
     return 0
 
 
@@ -193,7 +194,7 @@ def _train_spec(spec, args: argparse.Namespace, experiment: str) -> int:
         callbacks=[progress],
         verbose=args.verbose,
     )
-    print(evaluation.format_table({k: v for k, v in metrics.items() if "/AP" in k}))
+    print(coco.format_table({k: v for k, v in metrics.items() if "/AP" in k}))
     _register(tracker, run_id, spec.reporting.registered_model)
     print(_closing_lines(tracker, f"--runs {run_id}"))
     return 0
@@ -278,17 +279,17 @@ def _rerun(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """COCO mask and box AP of a model on its spec's validation set, or of a results file."""
-    groups = dict(evaluation.parse_group(text) for text in args.group)
+    groups = dict(coco.parse_group(text) for text in args.group)
     if (args.model is None) == (args.predictions is None):
-        raise evaluation.EvaluationInputError(
+        raise coco.EvaluationInputError(
             "evaluate a model (MODEL) or a results file (--predictions with --gt): one of them"
         )
     if args.model is not None:
         return _evaluate_model(args, groups)
     if args.gt is None:
-        raise evaluation.EvaluationInputError("--predictions needs --gt, its ground truth")
-    metrics = evaluation.evaluate_files(args.gt, args.predictions, groups)
-    print(evaluation.format_table(metrics))
+        raise coco.EvaluationInputError("--predictions needs --gt, its ground truth")
+    metrics = coco.evaluate_files(args.gt, args.predictions, groups)
+    print(coco.format_table(metrics))
     if args.out:
         write_metrics(Path(args.out), metrics)
         print(f"\nmetrics written under {args.out}")
@@ -298,7 +299,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_model(args: argparse.Namespace, groups: dict[str, list[str]]) -> int:
     """``evaluate MODEL``: its spec's evaluation, with ``--group`` as extra class groups."""
     if args.gt is not None:
-        raise evaluation.EvaluationInputError(
+        raise coco.EvaluationInputError(
             "--gt goes with --predictions: a model is evaluated on its spec's validation set "
             "(another with --set data.val.annotations=... --set data.val.images=...)"
         )
@@ -308,7 +309,7 @@ def _evaluate_model(args: argparse.Namespace, groups: dict[str, list[str]]) -> i
     dataset = build_val_dataset(spec)
     print(f"evaluating {args.model} on {len(dataset)} images of {spec.data.val.annotations}")
     metrics, results = evaluate_model(spec, model, evaluation_loader(dataset))
-    print(evaluation.format_table(metrics))
+    print(coco.format_table(metrics))
     if args.out:
         write_evaluation(Path(args.out), metrics, results, dataset, spec.evaluation.overlays)
         print(f"\nmetrics, predictions and overlays written under {args.out}")
@@ -593,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         ImageError,
         FileExistsError,
         ModelUriError,
-        evaluation.EvaluationInputError,
+        coco.EvaluationInputError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

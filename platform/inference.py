@@ -7,7 +7,7 @@ so its predictions are labelled on a machine without the training data.
 
 Predictions stream: a DataLoader reads and resizes the images (``loader_workers`` processes),
 the model predicts a batch at a time, and the COCO results go into ``predictions.json`` as they
-come (:func:`~boxinst.platform.evaluation.results_writer`), with overlays only when asked for.
+come (:func:`~boxinst.platform.evaluation.coco.results_writer`), with overlays only when asked for.
 With ``workers``, each of that many Ray actors (a GPU each where the cluster has GPUs, else a
 CPU) loads the model once and predicts chunks of consecutive images; the results come back to
 this process in the images' order (``ray.util.ActorPool``), so the file is the same as one
@@ -32,11 +32,11 @@ from boxinst.models.condinst import CondInst
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.decode import ImageError, read_rgb
 from boxinst.platform.data.transforms import eval_transform
-from boxinst.platform.evaluation import predictions_to_coco_results, results_writer
-from boxinst.platform.mlflow_models import is_model_uri, load_logged_model
-from boxinst.platform.overlays import MIN_SCORE, draw_detections, write_png
+from boxinst.platform.evaluation.coco import predictions_to_coco_results, results_writer
+from boxinst.platform.evaluation.overlays import MIN_SCORE, draw_detections, write_png
 from boxinst.platform.spec import TrainSpec, parse_override, set_key, validate
-from boxinst.platform.training import CHECKPOINT_FILE, CheckpointError, load_checkpoint
+from boxinst.platform.tracking.models import is_model_uri, load_logged_model
+from boxinst.platform.training.loop import CHECKPOINT_FILE, CheckpointError, load_checkpoint
 
 #: what ``predict`` takes from a folder (any case)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")

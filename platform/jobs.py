@@ -28,8 +28,8 @@ from ray.job_submission import JobSubmissionClient
 
 from boxinst.platform.console import QUIET_WORKERS
 from boxinst.platform.ray_cluster import ClusterUnreachable
-from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import find_spec, load_spec, read_spec
+from boxinst.platform.training.ray_train import WORKER_ENV
 
 #: The repo's folders and the names they have inside the ``boxinst`` package.
 SOURCE = Path(__file__).resolve().parents[1]

@@ -101,11 +101,11 @@ def box_as_mask_name(stat: str) -> str:
 
 
 #: Mean IoU with the true masks of the model's masks at the ground-truth instances' own
-#: locations, and of their filled boxes (:mod:`boxinst.platform.mask_quality`).
+#: locations, and of their filled boxes (:mod:`boxinst.platform.evaluation.mask_quality`).
 MASK_IOU = "mask_iou/true_locations"
 MASK_IOU_BOX = "mask_iou/filled_boxes"
 
-#: How box-like the predicted masks are (:func:`boxinst.platform.evaluation.box_likeness`), and
+#: How box-like the predicted masks are (:func:`boxinst.platform.evaluation.coco.box_likeness`), and
 #: the same fill of the ground-truth masks, the reference (``box_likeness/true_fill``).
 BOX_LIKENESS_IOU = "box_likeness/iou"
 BOX_LIKENESS_FILL = "box_likeness/fill"

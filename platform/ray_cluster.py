@@ -16,8 +16,8 @@ from ray._private.services import canonicalize_bootstrap_address
 
 from boxinst.platform.console import QUIET_WORKERS, RAY_DRIVER_LOG_LEVEL, quiet_ray_driver
 from boxinst.platform.preflight import PreflightError
-from boxinst.platform.ray_train import WORKER_ENV
 from boxinst.platform.spec import TrainSpec
+from boxinst.platform.training.ray_train import WORKER_ENV
 
 #: Seconds to wait for a cluster's address to accept a connection.
 CONNECT_TIMEOUT = 10.0

@@ -44,7 +44,7 @@ from boxinst.platform.data.transforms import (
     COCO_TEST_SHORT_SIZE,
     COCO_TRAIN_SHORT_SIZES,
 )
-from boxinst.platform.objective import LossConfig
+from boxinst.platform.training.objective import LossConfig
 
 #: Where the shipped specs live (the repo's experiments/ folder).
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -48,11 +48,11 @@ from boxinst.platform.metrics import (
     box_as_mask_name,
     metric_name,
 )
-from boxinst.platform.ray_train import storage_uri
-from boxinst.platform.run_inputs import dataset_inputs
-from boxinst.platform.runs import SPEC_ARTIFACT, spec_yaml, train_tracked
 from boxinst.platform.spec import SpecError, TrainSpec, set_key, validate
-from boxinst.platform.tracking import Tracker
+from boxinst.platform.tracking.inputs import dataset_inputs
+from boxinst.platform.tracking.runs import SPEC_ARTIFACT, spec_yaml, train_tracked
+from boxinst.platform.tracking.tracker import Tracker
+from boxinst.platform.training.ray_train import storage_uri
 
 #: A trial only drives its Train run (the workers train): it takes no CPU from them, and
 #: reserves the memory its process needs (Ray cannot schedule an actor that asks for nothing).

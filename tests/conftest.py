@@ -21,7 +21,7 @@ import yaml
 
 from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.spec import load_spec
-from boxinst.platform.training import prepare_data
+from boxinst.platform.training.loop import prepare_data
 
 
 def write_ray_token(path: Path) -> Path:

@@ -20,9 +20,8 @@ from boxinst.models.condinst import CondInst
 from boxinst.models.deform import DeformableConv2d
 from boxinst.platform.bench.batches import CONFIGS, shapes_batch
 from boxinst.platform.metrics import TRAIN_LOSS
-from boxinst.platform.objective import LossConfig
 from boxinst.platform.spec import SpecError, TrainSpec, load_spec
-from boxinst.platform.training import (
+from boxinst.platform.training.loop import (
     build_datasets,
     build_state,
     load_checkpoint,
@@ -31,6 +30,7 @@ from boxinst.platform.training import (
     save_checkpoint,
     train_steps,
 )
+from boxinst.platform.training.objective import LossConfig
 
 #: a small model with both: DCNv2 in every block of res3-res5 and a 2-cell BiFPN of 32 channels
 DCN_BIFPN = {
@@ -331,7 +331,7 @@ def test_a_few_steps_lower_the_loss_and_move_the_offsets(make_config):
         totals.append(sum(losses.values()).item())
     assert totals[-1] < 0.8 * totals[0], totals
     moved = [conv.weight.abs().sum().item() for conv in offsets(model).values()]
-    assert len(moved) == 6 and all(value > 0 for value in moved)  # 2 blocks in each of 3 stages
+    assert len(moved) == 3 and all(value > 0 for value in moved)  # ResNet-10: res3-res5's block
 
 
 def test_a_run_of_the_new_backbones_checkpoints_and_resumes(tiny_spec, tmp_path):

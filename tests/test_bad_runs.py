@@ -18,10 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from boxinst.platform.cli import main
 from boxinst.platform.metrics import TAG_CHECKPOINT
-from boxinst.platform.runs import RunFailedError, train_tracked
 from boxinst.platform.spec import load_spec
-from boxinst.platform.tracking import Tracker
-from boxinst.platform.training import (
+from boxinst.platform.tracking.runs import RunFailedError, train_tracked
+from boxinst.platform.tracking.tracker import Tracker
+from boxinst.platform.training.loop import (
     CHECKPOINT_FILE,
     build_state,
     build_val_dataset,

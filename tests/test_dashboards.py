@@ -37,7 +37,7 @@ from boxinst.platform.metrics import (
     TRAIN_LOSS,
     metric_name,
 )
-from boxinst.platform.tracking import Tracker
+from boxinst.platform.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from boxinst.platform.data.transforms import (
     eval_transform,
     train_transform,
 )
-from boxinst.platform.objective import LossConfig, compute_losses
+from boxinst.platform.training.objective import LossConfig, compute_losses
 
 # Non-contiguous COCO ids: person and car are VOC classes, truck and toothbrush are not.
 CATEGORIES = [

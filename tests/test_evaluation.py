@@ -12,7 +12,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from boxinst.platform.evaluation import (
+from boxinst.platform.evaluation.coco import (
     EvaluationInputError,
     box_as_mask,
     evaluate,

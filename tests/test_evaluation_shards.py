@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from boxinst.platform.evaluation_shards import ShardBatches, gather_batches
+from boxinst.platform.evaluation.shards import ShardBatches, gather_batches
 from boxinst.platform.inference import load_trained
 from boxinst.platform.metrics import ARTIFACT_EVALUATION, ARTIFACT_PREDICTIONS
-from boxinst.platform.ray_train import build_trainer
-from boxinst.platform.training import build_val_dataset, evaluate_model, evaluation_loader
+from boxinst.platform.training.loop import build_val_dataset, evaluate_model, evaluation_loader
+from boxinst.platform.training.ray_train import build_trainer
 
 
 @pytest.mark.parametrize("size", [0, 1, 5, 7, 8])

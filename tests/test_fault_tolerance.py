@@ -25,9 +25,9 @@ from ray._private import state as ray_state
 
 from boxinst.platform.cli import main
 from boxinst.platform.metrics import KIND_SWEEP, KIND_TRIAL, TAG_AXES, TAG_KIND, TAG_RAY_RUN
-from boxinst.platform.runs import train_tracked
 from boxinst.platform.sweep import TUNE_STATE_PERIOD
-from boxinst.platform.tracking import Tracker
+from boxinst.platform.tracking.runs import train_tracked
+from boxinst.platform.tracking.tracker import Tracker
 
 pytestmark = [
     pytest.mark.integration,

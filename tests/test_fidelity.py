@@ -14,13 +14,13 @@ from boxinst.platform.cli import main
 from boxinst.platform.data.colour_prior import Counts, image_counts
 from boxinst.platform.data.shapes import STYLES, render_scene
 from boxinst.platform.data.synth import CLASSES, SynthConfig
-from boxinst.platform.evaluation import (
+from boxinst.platform.evaluation.coco import (
     box_likeness,
     collapse_warning,
     encode_masks,
     true_box_fill,
 )
-from boxinst.platform.mask_quality import MaskIoU
+from boxinst.platform.evaluation.mask_quality import MaskIoU
 from boxinst.platform.metrics import (
     BOX_LIKENESS_FILL,
     BOX_LIKENESS_IOU,
@@ -28,10 +28,10 @@ from boxinst.platform.metrics import (
     MASK_IOU,
     MASK_IOU_BOX,
 )
-from boxinst.platform.objective import LossConfig
 from boxinst.platform.spec import SpecError, load_spec
 from boxinst.platform.sweep import trial_specs
-from boxinst.platform.training import generate_data
+from boxinst.platform.training.loop import generate_data
+from boxinst.platform.training.objective import LossConfig
 
 
 def scenes(style: str, count: int = 12):

@@ -14,9 +14,9 @@ and seeds), so this test asserts what the prior changes, not what the paper's te
 
 import pytest
 
-from boxinst.platform.demo import train_trials
 from boxinst.platform.metrics import MASK_IOU, MASK_IOU_BOX, SEGM_AP, box_as_mask_name
 from boxinst.platform.spec import load_spec
+from boxinst.platform.training.local import train_trials
 
 pytestmark = pytest.mark.slow
 

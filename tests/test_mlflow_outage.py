@@ -12,9 +12,9 @@ from conftest import FAST_TRAIN_POLL, MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
 from boxinst.platform.metrics import ARTIFACT_EVALUATION
-from boxinst.platform.mlflow_callback import MlflowCallback, MlflowUnreachableError
-from boxinst.platform.runs import train_tracked
-from boxinst.platform.tracking import Tracker
+from boxinst.platform.tracking.callback import MlflowCallback, MlflowUnreachableError
+from boxinst.platform.tracking.runs import train_tracked
+from boxinst.platform.tracking.tracker import Tracker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def test_a_dead_server_costs_a_report_little_and_the_final_report_saves_what_it_
         *((LOSS, step) for step in range(1, 6)),
         ("segm/AP", 6),
     ]
-    warnings = [r for r in caplog.records if r.name == "boxinst.platform.mlflow_callback"]
+    warnings = [r for r in caplog.records if r.name == "boxinst.platform.tracking.callback"]
     assert len(warnings) == 1 and "cannot be reached" in warnings[0].getMessage()
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # only set around each try
 
@@ -86,7 +86,7 @@ def test_kept_metrics_are_logged_once_and_steps_already_logged_are_skipped(
     losses = MlflowClient(server.uri).get_metric_history(run_id, LOSS)
     assert [(m.step, m.value) for m in losses] == [(step, float(step)) for step in range(1, 9)]
     messages = [
-        r.getMessage() for r in caplog.records if r.name == "boxinst.platform.mlflow_callback"
+        r.getMessage() for r in caplog.records if r.name == "boxinst.platform.tracking.callback"
     ]
     assert len(messages) == 2 and "is back" in messages[1]
 
@@ -113,7 +113,7 @@ def test_a_worker_failing_during_an_outage_leaves_the_unlogged_metrics_in_a_file
     assert unlogged["run_id"] == run_id
     assert [(m["key"], m["step"]) for m in unlogged["metrics"]] == [(LOSS, 2), (LOSS, 3)]
     messages = [
-        r.getMessage() for r in caplog.records if r.name == "boxinst.platform.mlflow_callback"
+        r.getMessage() for r in caplog.records if r.name == "boxinst.platform.tracking.callback"
     ]
     assert "a worker of run" in messages[-1] and str(saved) in messages[-1]
 

@@ -32,7 +32,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from boxinst.models.condinst import CondInst
 from boxinst.platform.metrics import TAG_CHECKPOINT, TAG_KIND, TAG_MODEL
-from boxinst.platform.tracking import runs_page
+from boxinst.platform.tracking.tracker import runs_page
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BIN = Path(sys.executable).parent

@@ -9,14 +9,14 @@ from conftest import free_port
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
-from boxinst.platform.ray_train import build_trainer
-from boxinst.platform.training import (
+from boxinst.platform.training.loop import (
     CHECKPOINT_FILE,
     build_datasets,
     build_state,
     loaders,
     train_steps,
 )
+from boxinst.platform.training.ray_train import build_trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

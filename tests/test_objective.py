@@ -9,7 +9,7 @@ import torch
 from boxinst.models.condinst import CondInst
 from boxinst.platform.data.collate import collate_scenes
 from boxinst.platform.data.shapes import render_scene
-from boxinst.platform.objective import LossConfig, box_masks_at_stride, compute_losses
+from boxinst.platform.training.objective import LossConfig, box_masks_at_stride, compute_losses
 
 
 def generate(count: int, seed: int):

@@ -3,7 +3,7 @@
 import numpy as np
 from pycocotools import mask as mask_util
 
-from boxinst.platform.overlays import draw_detections, pictured
+from boxinst.platform.evaluation.overlays import draw_detections, pictured
 
 
 def detection(x0: int, x1: int, score: float, category: int = 1) -> dict:

@@ -18,7 +18,8 @@ def test_stdlib_platform_is_not_shadowed_from_the_repo_root():
     code = (
         "import sys; assert sys.path[0] == '', sys.path; "  # the repo root comes first
         "import platform; assert callable(platform.system), platform; "
-        "import boxinst.platform.objective, boxinst.models, boxinst.losses, boxinst.dashboards; "
+        "import boxinst.platform.training.objective, boxinst.models, boxinst.losses; "
+        "import boxinst.dashboards; "
         "print(platform.system())"
     )
     result = subprocess.run(

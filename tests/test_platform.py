@@ -20,7 +20,7 @@ from boxinst.platform.metrics import (
     TAG_REGIME,
 )
 from boxinst.platform.spec import load_spec
-from boxinst.platform.training import generate_data
+from boxinst.platform.training.loop import generate_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

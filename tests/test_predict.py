@@ -12,7 +12,12 @@ from conftest import write_tiny_spec
 from boxinst.platform.cli import main
 from boxinst.platform.inference import image_files, predict_to_folder
 from boxinst.platform.spec import load_spec
-from boxinst.platform.training import build_state, build_val_dataset, prepare_data, save_checkpoint
+from boxinst.platform.training.loop import (
+    build_state,
+    build_val_dataset,
+    prepare_data,
+    save_checkpoint,
+)
 
 #: an untrained model detects its full 100 per image at score threshold 0
 EVERYTHING = ["model.score_threshold=0.0"]

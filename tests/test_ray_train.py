@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from boxinst.platform.ray_train import build_trainer, use_reserved_cpus
-from boxinst.platform.training import CHECKPOINT_FILE
+from boxinst.platform.training.loop import CHECKPOINT_FILE
+from boxinst.platform.training.ray_train import build_trainer, use_reserved_cpus
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from boxinst.platform.data.policy import COCO_CLASSES, NONVOC60, VOC20
 from boxinst.platform.data.voc import VOC_CLASSES, convert_voc
 from boxinst.platform.spec import EXPERIMENTS, SpecError, load_spec
 from boxinst.platform.sweep import trial_spec
-from boxinst.platform.training import evaluation_groups
+from boxinst.platform.training.loop import evaluation_groups
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "platform" / "cluster"

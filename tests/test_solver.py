@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from boxinst.platform.solver import build_optimizer, build_scheduler, lr_factor
 from boxinst.platform.spec import Solver
+from boxinst.platform.training.solver import build_optimizer, build_scheduler, lr_factor
 
 COCO_1X = Solver()  # 90k iterations, lr 0.01, /10 at 60k and 80k, 1k warm-up from 0.001
 

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from boxinst.models.condinst import CondInstConfig
-from boxinst.platform.objective import LossConfig
 from boxinst.platform.spec import SpecError, load_spec
+from boxinst.platform.training.objective import LossConfig
 
 BASE = {
     "name": "base",

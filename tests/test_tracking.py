@@ -6,7 +6,7 @@ from conftest import free_port, write_tiny_spec
 from mlflow.tracking import MlflowClient
 
 from boxinst.platform.cli import main
-from boxinst.platform.tracking import Tracker, flatten
+from boxinst.platform.tracking.tracker import Tracker, flatten
 
 pytestmark = pytest.mark.integration
 

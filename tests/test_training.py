@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.metrics import IMAGES_PER_SECOND, LEARNING_RATE, SKIPPED_STEPS, TRAIN_LOSS
-from boxinst.platform.training import (
+from boxinst.platform.training.loop import (
     NonFiniteLossError,
     ResumableSampler,
     SeededSamples,
@@ -202,7 +202,7 @@ import sys
 from pathlib import Path
 import torch
 from boxinst.platform.spec import load_spec
-from boxinst.platform.training import build_state, save_checkpoint
+from boxinst.platform.training.loop import build_state, save_checkpoint
 spec = load_spec(sys.argv[1])
 state = build_state(spec, torch.device("cpu"))
 while True:

@@ -1,4 +1,4 @@
-"""``boxinst bench eval``: :func:`boxinst.platform.evaluation.evaluate` (what ``boxinst
+"""``boxinst bench eval``: :func:`boxinst.platform.evaluation.coco.evaluate` (what ``boxinst
 evaluate`` runs after reading the files: checks, COCOeval for masks and boxes), with pycocotools'
 COCOeval and with faster-coco-eval's side by side, on a COCO-sized
 synthetic pair of files: ground truth of 640x480 images with 1-14 instances of 80 categories
@@ -19,7 +19,7 @@ from pycocotools import mask as mask_util
 from pycocotools.cocoeval import COCOeval
 
 from boxinst.platform.bench.harness import table
-from boxinst.platform.evaluation import evaluate, load_ground_truth, load_results
+from boxinst.platform.evaluation.coco import evaluate, load_ground_truth, load_results
 from boxinst.platform.metrics import SEGM_AP
 
 WIDTH, HEIGHT, CATEGORIES = 640, 480, 80

@@ -1,6 +1,6 @@
 """``boxinst bench eval-workers``: one evaluation of a run (the workers' predictions on the
 validation set, then COCO scoring on rank 0) by rank 0 alone while the other workers wait, as
-before :mod:`~boxinst.platform.evaluation_shards`, and sharded over all the workers, side by
+before :mod:`~boxinst.platform.evaluation.shards`, and sharded over all the workers, side by
 side in the same Ray Train run of ``workers`` workers of one CPU each.
 
 The model is the quickstart's, randomly initialised with the score threshold at 0, so that every
@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 from boxinst.models.condinst import CondInst
 from boxinst.platform.bench.harness import table
 from boxinst.platform.data.collate import collate_instances
-from boxinst.platform.evaluation_shards import ShardBatches
+from boxinst.platform.evaluation.shards import ShardBatches
 from boxinst.platform.ray_cluster import start_ray
 from boxinst.platform.spec import TrainSpec, load_spec
-from boxinst.platform.training import (
+from boxinst.platform.training.loop import (
     EVALUATION_BATCH,
     build_val_dataset,
     evaluate_model,

@@ -2,7 +2,7 @@
 number of DataLoader workers: a generated COCO-format dataset read by
 :class:`~boxinst.platform.data.coco.CocoInstanceDataset` (PNG decoding, RLE mask decoding, every
 instance with its mask), the training transform (multi-scale resize and flip) and
-:func:`~boxinst.platform.data.collate.collate_instances`, as :mod:`boxinst.platform.training`
+:func:`~boxinst.platform.data.collate.collate_instances`, as :mod:`boxinst.platform.training.loop`
 builds them. One pass over the dataset per worker count, worker start-up included.
 """
 

@@ -28,7 +28,7 @@ from boxinst.platform.bench.harness import (
     table,
     time_interleaved,
 )
-from boxinst.platform.objective import box_masks_at_stride
+from boxinst.platform.training.objective import box_masks_at_stride
 
 MASK_STRIDE = 4
 FORMULATIONS = {"crop_local": pairwise_loss, "full_image": pairwise_loss_full_image}

@@ -1,5 +1,5 @@
 """``boxinst bench train-step``: one training iteration as training runs it
-(:func:`boxinst.platform.training.optimisation_step`: all losses, backward, SGD step) of the
+(:func:`boxinst.platform.training.loop.optimisation_step`: all losses, backward, SGD step) of the
 small CPU model and of the R-50 COCO model (``--configs``: also the BiFPN and DCN models of
 :data:`~boxinst.platform.bench.batches.CONFIGS`), box-supervised (projection + pairwise terms,
 warm-up done).
@@ -27,8 +27,8 @@ from boxinst.platform.bench.batches import (
     image_size,
 )
 from boxinst.platform.bench.harness import default_device, synchronize, table, time_interleaved
-from boxinst.platform.objective import LossConfig
-from boxinst.platform.training import batch_to_device, optimisation_step
+from boxinst.platform.training.loop import batch_to_device, optimisation_step
+from boxinst.platform.training.objective import LossConfig
 
 
 def training_step(

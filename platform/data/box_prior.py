@@ -29,7 +29,7 @@ import numpy as np
 
 from boxinst.platform.data.check import load_annotations, summarise
 from boxinst.platform.data.decode import read_rgb
-from boxinst.platform.evaluation import encode_masks, grabcut_masks
+from boxinst.platform.evaluation.coco import encode_masks, grabcut_masks
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Batching of dataset samples into the input of the training objective and of the model.
 
-The output is the batch format of :mod:`boxinst.platform.objective`: a float image tensor padded
-at the bottom and right to multiples of 32 (CondInst's size divisibility) and per image a
-target whose masks are padded alike. Images stay RGB in [0, 255] (the model normalises them);
-masks stay uint8 (the losses cast them), a quarter of the memory of float masks.
+The output is the batch format of :mod:`boxinst.platform.training.objective`: a float image
+tensor padded at the bottom and right to multiples of 32 (CondInst's size divisibility) and per
+image a target whose masks are padded alike. Images stay RGB in [0, 255] (the model normalises
+them); masks stay uint8 (the losses cast them), a quarter of the memory of float masks.
 """
 
 from __future__ import annotations

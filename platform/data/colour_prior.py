@@ -29,7 +29,7 @@ from boxinst.losses.color import color_similarity, images_to_lab
 from boxinst.losses.mask import unfold_neighbours
 from boxinst.models.condinst import CondInstConfig
 from boxinst.platform.data.coco import CocoInstanceDataset
-from boxinst.platform.objective import LossConfig, box_masks_at_stride
+from boxinst.platform.training.objective import LossConfig, box_masks_at_stride
 
 TAUS = (0.05, 0.1, 0.2, 0.3, 0.5)
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from boxinst.platform.data.shapes import STYLES, Scene, render_scene
-from boxinst.platform.evaluation import box_as_mask, encode_masks, evaluate
+from boxinst.platform.evaluation.coco import box_as_mask, encode_masks, evaluate
 from boxinst.platform.metrics import SEGM_AP
 
 #: Two disjoint class groups, the synthetic stand-in for COCO's VOC-20 / non-VOC-60 split.

@@ -5,7 +5,7 @@ of the node of its rank-0 worker, logged by MLflow's ``SystemMetricsMonitor`` in
 The monitor runs in a thread of the rank-0 worker, the one process of a run that is sure to be
 on a node that trains (the Train controller and a sweep's trial run wherever Ray puts them).
 A resumed run goes on from its last system step. The monitor talks to MLflow failing fast
-(:data:`~boxinst.platform.mlflow_callback.FAIL_FAST`): an MLflow server that is down costs the
+(:data:`~boxinst.platform.tracking.callback.FAIL_FAST`): an MLflow server that is down costs the
 run its system metrics from then on, never a wait.
 """
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from boxinst.platform.environment import environment
-from boxinst.platform.mlflow_callback import FAIL_FAST
+from boxinst.platform.tracking.callback import FAIL_FAST
 
 
 @contextmanager

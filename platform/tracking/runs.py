@@ -15,7 +15,7 @@ from mlflow.entities import DatasetInput
 from ray.train import Result, TrainingFailedError
 from ray.train.v2.api.callback import UserCallback
 
-from boxinst.platform.evaluation import collapse_warning
+from boxinst.platform.evaluation.coco import collapse_warning
 from boxinst.platform.metrics import (
     ARTIFACT_CONFIG,
     ITERATION,
@@ -28,13 +28,13 @@ from boxinst.platform.metrics import (
     TAG_REGIME,
     TAG_SPEC,
 )
-from boxinst.platform.mlflow_callback import UNREACHABLE, MlflowCallback
-from boxinst.platform.mlflow_models import log_trained_model
-from boxinst.platform.ray_train import build_trainer, storage_uri
-from boxinst.platform.run_inputs import dataset_inputs, log_datasets
 from boxinst.platform.spec import TrainSpec
-from boxinst.platform.tracking import Tracker
-from boxinst.platform.training import CHECKPOINT_FILE, load_checkpoint
+from boxinst.platform.tracking.callback import UNREACHABLE, MlflowCallback
+from boxinst.platform.tracking.inputs import dataset_inputs, log_datasets
+from boxinst.platform.tracking.models import log_trained_model
+from boxinst.platform.tracking.tracker import Tracker
+from boxinst.platform.training.loop import CHECKPOINT_FILE, load_checkpoint
+from boxinst.platform.training.ray_train import build_trainer, storage_uri
 
 SPEC_ARTIFACT = f"{ARTIFACT_CONFIG}/spec.yaml"
 
@@ -85,9 +85,9 @@ def train_tracked(
     run of that name (created, or resumed); returns the MLflow run id and the final metrics.
 
     The run gets the splits as its dataset inputs (``datasets``, else computed here:
-    :func:`~boxinst.platform.run_inputs.dataset_inputs`), the
+    :func:`~boxinst.platform.tracking.inputs.dataset_inputs`), the
     system metrics of its rank-0 node, and at the end its final checkpoint as its MLflow model
-    (:mod:`~boxinst.platform.mlflow_models`). The MLflow run ends FINISHED, or FAILED / KILLED
+    (:mod:`~boxinst.platform.tracking.models`). The MLflow run ends FINISHED, or FAILED / KILLED
     when training fails or is interrupted; a failure raises :class:`RunFailedError`, naming
     the checkpoint it leaves."""
     all_tags = {TAG_KIND: KIND_TRIAL, TAG_SPEC: spec.name, TAG_REGIME: spec.regime.name}

@@ -20,7 +20,7 @@ from boxinst.losses.fcos import centerness_targets
 from boxinst.models.condinst import CondInst, HeadOutputs
 from boxinst.models.layers import aligned_bilinear
 from boxinst.platform.metrics import MASK_IOU, MASK_IOU_BOX
-from boxinst.platform.objective import LossConfig, assign_batch
+from boxinst.platform.training.objective import LossConfig, assign_batch
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ from boxinst.platform.metrics import (
     ITERATION,
     TAG_CHECKPOINT,
 )
-from boxinst.platform.tracking import METRIC_BATCH
+from boxinst.platform.tracking.tracker import METRIC_BATCH
 
 #: MLflow's client retries a failed request up to 7 times with exponential back-off (minutes
 #: against a dead server) and waits up to 120 s for an answer. It takes both only from these

@@ -1,9 +1,10 @@
 """One training run of a spec: data, model, optimisation loop, checkpoints and evaluation.
 
 :func:`run` is the one loop of everything that trains: each worker of a Ray Train run
-(``train``, ``sweep``, the fidelity suite: :mod:`~boxinst.platform.ray_train` gives it Ray's
-report, checkpoint and DDP wrapper), and a process alone (``boxinst demo`` and the learning
-test: :mod:`~boxinst.platform.demo`). It only asks ``torch.distributed`` whether it has peers.
+(``train``, ``sweep``, the fidelity suite: :mod:`~boxinst.platform.training.ray_train` gives
+it Ray's report, checkpoint and DDP wrapper), and a process alone (``boxinst demo`` and the
+learning test: :mod:`~boxinst.platform.training.local`). It only asks ``torch.distributed``
+whether it has peers.
 A checkpoint holds everything a resumed run needs to continue exactly where it stopped:
 model, optimiser, schedule, AMP scaler, iteration, and the random states of torch and of the
 loop's own generators. It is written to a temporary file and renamed, so a crash while writing
@@ -33,7 +34,7 @@ from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.policy import ClassMasks, parse_mask_policy
 from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.data.transforms import eval_transform, train_transform
-from boxinst.platform.evaluation import (
+from boxinst.platform.evaluation.coco import (
     box_as_mask,
     box_likeness,
     collapse_warning,
@@ -42,13 +43,14 @@ from boxinst.platform.evaluation import (
     save_results,
     true_box_fill,
 )
-from boxinst.platform.evaluation_shards import (
+from boxinst.platform.evaluation.mask_quality import MaskIoU
+from boxinst.platform.evaluation.overlays import write_overlays
+from boxinst.platform.evaluation.shards import (
     ShardBatches,
     gather_batches,
     share_rank0_weights,
     world,
 )
-from boxinst.platform.mask_quality import MaskIoU
 from boxinst.platform.metrics import (
     AP_STATS,
     ARTIFACT_EVALUATION,
@@ -67,10 +69,9 @@ from boxinst.platform.metrics import (
     metric_name,
     train_loss_name,
 )
-from boxinst.platform.objective import LossConfig, compute_losses
-from boxinst.platform.overlays import write_overlays
-from boxinst.platform.solver import build_optimizer, build_scheduler
 from boxinst.platform.spec import SpecError, TrainSpec
+from boxinst.platform.training.objective import LossConfig, compute_losses
+from boxinst.platform.training.solver import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -447,7 +448,7 @@ def predict_batches(
     model: CondInst, loader: DataLoader, loss_cfg: LossConfig
 ) -> list[tuple[list[dict], MaskIoU]]:
     """For each batch of an evaluation loader, the model's COCO results and the IoU sums of
-    its masks at the true instances' locations (:mod:`boxinst.platform.mask_quality`)."""
+    its masks at the true instances' locations (:mod:`boxinst.platform.evaluation.mask_quality`)."""
     device = next(model.parameters()).device
     dataset: CocoInstanceDataset = loader.dataset
     batches = []
@@ -478,7 +479,7 @@ def evaluate_model(
 
     In a distributed run every worker calls it with its :func:`evaluation_loader`: each
     predicts its shard with rank 0's weights, rank 0 gathers and scores the whole set
-    (:mod:`boxinst.platform.evaluation_shards`) and the other ranks return ``({}, [])``."""
+    (:mod:`boxinst.platform.evaluation.shards`) and the other ranks return ``({}, [])``."""
     dataset: CocoInstanceDataset = loader.dataset
     share_rank0_weights(model, loader.batch_sampler)
     shard = predict_batches(model, loader, spec.loss_config())
@@ -644,7 +645,7 @@ def next_stop(iteration: int, spec: TrainSpec) -> int:
 
 def warn_of_collapse(spec: TrainSpec, metrics: dict, iteration: int) -> None:
     """Print a warning when a box-supervised model's masks are collapsing (the diagnosis of
-    :func:`~boxinst.platform.evaluation.collapse_warning`)."""
+    :func:`~boxinst.platform.evaluation.coco.collapse_warning`)."""
     warning = collapse_warning(metrics) if spec.regime.box_supervised and metrics else None
     if warning:
         print(f"warning: {spec.name} ({spec.regime.name}), iteration {iteration}: {warning}")

@@ -1,5 +1,5 @@
 """``boxinst demo``: a spec's trials trained on this machine alone, without Ray or MLflow, by the
-one training loop (:func:`boxinst.platform.training.run`), one single-threaded process per CPU
+one training loop (:func:`boxinst.platform.training.loop.run`), one single-threaded process per CPU
 core; the shipped ``demo`` spec trains each supervision regime briefly on generated shapes.
 
 Each trial prints its progress lines, keeps its final checkpoint (model, spec, classes,
@@ -31,7 +31,7 @@ from boxinst.platform.metrics import (
 )
 from boxinst.platform.spec import TrainSpec
 from boxinst.platform.sweep import trial_specs
-from boxinst.platform.training import prepare_data, run
+from boxinst.platform.training.loop import prepare_data, run
 
 #: The demo's table: its columns and their metrics.
 COLUMNS = {

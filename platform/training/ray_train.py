@@ -1,11 +1,11 @@
 """Ray Train: a spec trained by a ``TorchTrainer``, DDP over its workers (gloo on CPU, NCCL on
-GPU), each worker running the one training loop, :func:`boxinst.platform.training.run`.
+GPU), each worker running the one training loop, :func:`boxinst.platform.training.loop.run`.
 
 The loop's reports go to Ray Train (a barrier: every worker reports at the same iterations):
 losses, checkpoints, COCO metrics, and in the final checkpoint the evaluation's files (metrics,
-COCO results, mask overlays), which :class:`~boxinst.platform.mlflow_callback.MlflowCallback`
+COCO results, mask overlays), which :class:`~boxinst.platform.tracking.callback.MlflowCallback`
 logs as artifacts. Every worker predicts its shard of the evaluation set and rank 0 scores them
-all (:mod:`~boxinst.platform.evaluation_shards`).
+all (:mod:`~boxinst.platform.evaluation.shards`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
-from boxinst.platform import training
 from boxinst.platform.console import RAY_TRAIN_LOG_LEVEL
 from boxinst.platform.spec import TrainSpec
-from boxinst.platform.system_metrics import system_metrics
-from boxinst.platform.training import CHECKPOINT_FILE, load_checkpoint
+from boxinst.platform.tracking.system_metrics import system_metrics
+from boxinst.platform.training import loop
+from boxinst.platform.training.loop import CHECKPOINT_FILE, load_checkpoint
 
 
 def use_reserved_cpus(spec: TrainSpec) -> None:
@@ -52,7 +52,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def train(spec: TrainSpec) -> None:
-    """Train ``spec`` on this worker with :func:`~boxinst.platform.training.run`, from the
+    """Train ``spec`` on this worker with :func:`~boxinst.platform.training.loop.run`, from the
     run's latest checkpoint if it has one, DDP over the workers."""
     use_reserved_cpus(spec)
     resume = None
@@ -61,7 +61,7 @@ def train(spec: TrainSpec) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
     device = ray.train.torch.get_device()
-    training.run(spec, device, report, resume, ray.train.torch.prepare_model)
+    loop.run(spec, device, report, resume, ray.train.torch.prepare_model)
 
 
 def report(metrics: dict, folder: Path | None) -> None:
