@@ -11,8 +11,16 @@ import yaml
 from torch.utils.data import DataLoader
 
 from boxinst.platform.data.collate import collate_instances
-from boxinst.platform.metrics import IMAGES_PER_SECOND, LEARNING_RATE, SKIPPED_STEPS, TRAIN_LOSS
+from boxinst.platform.metrics import (
+    FINAL,
+    IMAGES_PER_SECOND,
+    LEARNING_RATE,
+    SKIPPED_STEPS,
+    TRAIN_LOSS,
+)
+from boxinst.platform.training import loop
 from boxinst.platform.training.loop import (
+    CHECKPOINT_FILE,
     NonFiniteLossError,
     ResumableSampler,
     SeededSamples,
@@ -255,3 +263,21 @@ def test_evaluation_reports_all_and_unseen_classes(spec):
     assert all(r["image_id"] in val_set.image_ids for r in results)
     for key in ("segm/AP", "bbox/AP", "segm_unseen/AP", "bbox_unseen/AP", "box_as_mask/AP"):
         assert key in metrics and (math.isnan(metrics[key]) or 0 <= metrics[key] <= 100)
+
+
+def test_evaluations_during_a_run_do_not_change_what_it_trains(tiny_spec):
+    """A run evaluated every two iterations ends with the weights of the same run evaluated at
+    its end only: an evaluation changes nothing that training uses (weights, batch-norm
+    statistics, which an evaluation in training mode would update, random streams)."""
+    trained = []
+
+    def keep_final_weights(metrics, folder):
+        if folder is not None and metrics.get(FINAL):
+            trained.append(load_checkpoint(folder / CHECKPOINT_FILE)["model"])
+
+    for every in (0, 2):
+        spec = tiny_spec(f"evaluation.every={every}", "evaluation.overlays=0")
+        loop.run(spec, torch.device("cpu"), keep_final_weights)
+    assert trained[0].keys() == trained[1].keys()
+    for name, weights in trained[0].items():
+        assert torch.equal(weights, trained[1][name]), name
