@@ -165,9 +165,11 @@ def test_evaluate_and_predict_from_a_logged_checkpoint(sweep, tmp_path, capsys):
     _, runs, folder, _ = sweep
     run = runs["box_only"]
     checkpoint = run.data.tags[TAG_CHECKPOINT]
-    assert main(["evaluate", checkpoint, "--out", str(tmp_path / "eval")]) == 0
+    group = ["--group", "round=ellipse,ring"]
+    assert main(["evaluate", checkpoint, *group, "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "evaluation" / "metrics.json").read_text())
     assert metrics["segm/AP"] == pytest.approx(run.data.metrics["segm/AP"])  # same model, data
+    assert "segm_round/AP" in metrics and "segm_round/AP" not in run.data.metrics
     table = capsys.readouterr().out.splitlines()
     assert any(line.startswith("segm ") for line in table)
     assert any(line.startswith("box_as_mask ") for line in table)
