@@ -4,7 +4,8 @@ also the BiFPN and DCN models of :data:`~boxinst.platform.bench.batches.CONFIGS`
 
 The models are randomly initialised, so the score threshold is set to 0: every image then
 yields the full ``detections_per_image`` (100) detections and masks, the load of a trained
-model on COCO. On CUDA inference runs under autocast.
+model on COCO. On CUDA inference runs under autocast. Beside each batch, interleaved with it,
+the same images predicted one at a time (what ``boxinst predict`` did before it batched).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from boxinst.platform.bench.batches import (
     image_size,
 )
 from boxinst.platform.bench.harness import default_device, table, time_interleaved
+
+#: The two ways of predicting a batch that are timed side by side.
+BATCHED, ONE_AT_A_TIME = "batched", "one at a time"
 
 
 def run(
@@ -49,16 +53,40 @@ def run(
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 return model.predict(images, sizes)
 
+        def predict_each(model=model, images=images, sizes=sizes) -> list[dict]:
+            with torch.autocast(device.type, enabled=device.type == "cuda"):
+                return [model.predict(images[i : i + 1], [size]) for i, size in enumerate(sizes)]
+
         detections = sum(len(p["scores"]) for p in predict()) / len(sizes)
-        timing = time_interleaved({config: predict}, repeats, device)[config]
-        results[config] = {**config_record(config, hw, timing), "detections_per_image": detections}
+        predict_each()  # its warm-up
+        timing = time_interleaved({BATCHED: predict, ONE_AT_A_TIME: predict_each}, repeats, device)
+        results[config] = {
+            **config_record(config, hw, timing[BATCHED]),
+            "detections_per_image": detections,
+            "one_at_a_time_s": timing[ONE_AT_A_TIME]["median_s"],
+            "batched_speedup": timing[ONE_AT_A_TIME]["median_s"] / timing[BATCHED]["median_s"],
+        }
     return {"device": str(device), "autocast": device.type == "cuda", "configs": results}
 
 
 def summary(result: dict) -> str:
     rows = [
-        (*config_columns(name, r), r["detections_per_image"], r["median_s"], r["images_per_s"])
+        (
+            *config_columns(name, r),
+            r["detections_per_image"],
+            r["median_s"],
+            r["images_per_s"],
+            r["one_at_a_time_s"],
+            f"x{r['batched_speedup']:.2f}",
+        )
         for name, r in result["configs"].items()
     ]
-    header = [*CONFIG_HEADER, "detections", "s/batch", "images/s"]
+    header = [
+        *CONFIG_HEADER,
+        "detections",
+        "s/batch",
+        "images/s",
+        "s one at a time",
+        "batched speed-up",
+    ]
     return f"inference (CondInst.predict) on {result['device']}\n" + table(header, rows)
