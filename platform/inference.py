@@ -279,6 +279,13 @@ def _on_actors(
         raise error.cause from None  # an image that cannot be read, named without the traceback
 
 
+class ProgressBar(tqdm):
+    """tqdm without its monitor thread: tqdm starts one with its first bar, a daemon thread that
+    lives until the interpreter exits, only to retune the refresh rate of stalled bars."""
+
+    monitor_interval = 0
+
+
 def _bar(total: int) -> tqdm:
     """A progress bar of images on a terminal (none in a log)."""
-    return tqdm(total=total, unit="img", disable=None, dynamic_ncols=True)
+    return ProgressBar(total=total, unit="img", disable=None, dynamic_ncols=True)
