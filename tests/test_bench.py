@@ -93,10 +93,8 @@ def check_eval_workers(result: dict, images: int) -> None:
 
 def check_inference(result: dict, configs: list[str]) -> None:
     check_models(result, configs)
-    for r in result["configs"].values():
-        assert r["detections_per_image"] == 100  # score threshold 0: every image yields 100
-        assert r["one_at_a_time_s"] > 0  # the same batch predicted image by image beside it
-        assert r["batched_speedup"] == pytest.approx(r["one_at_a_time_s"] / r["median_s"])
+    # score threshold 0: every image yields its full 100 detections
+    assert all(r["detections_per_image"] == 100 for r in result["configs"].values())
 
 
 def check_preflight(result: dict, images: int) -> None:

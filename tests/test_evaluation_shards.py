@@ -6,12 +6,7 @@ import json
 import pytest
 import torch
 
-from boxinst.platform.evaluation.shards import (
-    ShardBatches,
-    gather_batches,
-    gather_metrics,
-    scoring_ranks,
-)
+from boxinst.platform.evaluation.shards import ShardBatches, gather_batches
 from boxinst.platform.inference import load_trained
 from boxinst.platform.metrics import ARTIFACT_EVALUATION, ARTIFACT_PREDICTIONS
 from boxinst.platform.training.loop import build_val_dataset, evaluate_model, evaluation_loader
@@ -33,9 +28,6 @@ def test_the_workers_batches_are_a_single_workers_batches_each_once(size, batch_
 def test_a_worker_alone_gets_its_batches_back_and_a_short_shard_is_refused():
     sampler = ShardBatches(5, 2)
     assert gather_batches(sampler, ["a", "b", "c"]) == ["a", "b", "c"]
-    assert scoring_ranks(sampler) == (0, 0)  # it scores the results and the baseline
-    assert gather_metrics(sampler, {"x": 1.0}) == [{"x": 1.0}]
-    assert scoring_ranks(ShardBatches(5, 2, rank=2, workers=3)) == (0, 1)
     with pytest.raises(ValueError, match="2 items for the 3 batches"):
         gather_batches(sampler, ["a", "b"])
     with pytest.raises(ValueError, match="rank 2 is not one of 2 workers"):

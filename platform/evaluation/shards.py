@@ -6,11 +6,9 @@ The split is by batch: of the batches a single worker's sequential loader would 
 Every image is in exactly one batch of one worker (no padding with repeated images, as
 ``torch.utils.data.DistributedSampler`` pads), and every batch holds the images it holds on one
 worker, padded to the same size, so each batch's predictions are those of a single-worker
-evaluation and the metrics are the same whatever the number of workers. A scoring rank gathers
-the workers' batches (``torch.distributed.gather_object``) and orders them by batch number, which
-is a single worker's order. Scoring is split too: rank 0 scores the results, rank 1 (where there
-is one) the box-as-mask baseline of the same results at the same time (:func:`scoring_ranks`),
-and sends its numbers to rank 0 (:func:`gather_metrics`).
+evaluation and the metrics are the same whatever the number of workers. Rank 0 gathers the
+workers' batches (``torch.distributed.gather_object``) and orders them by batch number, which is
+a single worker's order.
 """
 
 from __future__ import annotations
@@ -64,34 +62,20 @@ def share_rank0_weights(model: torch.nn.Module, sampler: ShardBatches) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def scoring_ranks(sampler: ShardBatches) -> tuple[int, int]:
-    """The ranks that score an evaluation: the results' (0) and the baseline's (1, or 0 alone)."""
-    return 0, min(1, sampler.workers - 1)
-
-
-def gather_batches(sampler: ShardBatches, shard: list[T], dst: int = 0) -> list[T] | None:
+def gather_batches(sampler: ShardBatches, shard: list[T]) -> list[T] | None:
     """Every worker's per-batch ``shard`` (one item per batch of ``sampler``, in its order) on
-    rank ``dst``, all the batches in a single worker's order; ``None`` on the other ranks. A
+    rank 0, all the batches in a single worker's order; ``None`` on the other ranks. A
     collective: every worker of the group calls it."""
     if len(shard) != len(sampler):
         raise ValueError(f"{len(shard)} items for the {len(sampler)} batches of this worker")
     if sampler.workers == 1:
         return shard
     numbered = list(zip(sampler.numbers, shard, strict=True))
-    gathered = [None] * sampler.workers if sampler.rank == dst else None
-    dist.gather_object(numbered, gathered, dst=dst)
-    if sampler.rank != dst:
+    gathered = [None] * sampler.workers if sampler.rank == 0 else None
+    dist.gather_object(numbered, gathered, dst=0)
+    if sampler.rank != 0:
         return None
     ordered = sorted(itertools.chain.from_iterable(gathered), key=lambda item: item[0])
     if [number for number, _ in ordered] != list(range(sampler.batches)):
         raise RuntimeError("the workers' evaluation batches do not cover the evaluation set once")
     return [item for _, item in ordered]
-
-
-def gather_metrics(sampler: ShardBatches, metrics: dict[str, float]) -> list[dict] | None:
-    """Every worker's ``metrics`` on rank 0, by rank; ``None`` on the other ranks. A collective."""
-    if sampler.workers == 1:
-        return [metrics]
-    gathered = [None] * sampler.workers if sampler.rank == 0 else None
-    dist.gather_object(metrics, gathered, dst=0)
-    return gathered

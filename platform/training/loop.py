@@ -48,8 +48,6 @@ from boxinst.platform.evaluation.overlays import write_overlays
 from boxinst.platform.evaluation.shards import (
     ShardBatches,
     gather_batches,
-    gather_metrics,
-    scoring_ranks,
     share_rank0_weights,
     world,
 )
@@ -480,34 +478,23 @@ def evaluate_model(
     the masks' IoU at the true locations; with the COCO results scored.
 
     In a distributed run every worker calls it with its :func:`evaluation_loader`: each
-    predicts its shard with rank 0's weights, rank 0 gathers the whole set and scores it while
-    rank 1 scores its box-as-mask baseline (:mod:`boxinst.platform.evaluation.shards`), and
-    the ranks other than 0 return ``({}, [])``."""
+    predicts its shard with rank 0's weights, rank 0 gathers and scores the whole set
+    (:mod:`boxinst.platform.evaluation.shards`) and the other ranks return ``({}, [])``."""
     dataset: CocoInstanceDataset = loader.dataset
-    sampler: ShardBatches = loader.batch_sampler
-    share_rank0_weights(model, sampler)
+    share_rank0_weights(model, loader.batch_sampler)
     shard = predict_batches(model, loader, spec.loss_config())
-    results_rank, baseline_rank = scoring_ranks(sampler)
-    # every rank calls the gathers in the same order: the results' rank first
-    scorers = dict.fromkeys((results_rank, baseline_rank))
-    gathered = {dst: gather_batches(sampler, shard, dst) for dst in scorers}
-    batches = gathered.get(sampler.rank) or []
-    results = [result for batch_results, _ in batches for result in batch_results]
-    metrics, baseline = {}, {}
-    if sampler.rank == baseline_rank:
-        boxes = evaluate(dataset.coco, box_as_mask(results, dataset.coco))
-        baseline = {box_as_mask_name(stat): boxes[metric_name(SEGM, stat)] for stat in AP_STATS}
-    if sampler.rank == results_rank:
-        metrics = evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
-    parts = gather_metrics(sampler, baseline)
-    if parts is None:
+    batches = gather_batches(loader.batch_sampler, shard)
+    if batches is None:
         return {}, []
-    metrics.update(parts[baseline_rank])
+    results, quality = [], MaskIoU()
+    for batch_results, batch_quality in batches:
+        results += batch_results
+        quality += batch_quality
+    metrics = evaluate(dataset.coco, results, evaluation_groups(spec, dataset.category_names))
+    baseline = evaluate(dataset.coco, box_as_mask(results, dataset.coco))
+    metrics.update({box_as_mask_name(stat): baseline[metric_name(SEGM, stat)] for stat in AP_STATS})
     metrics.update(box_likeness(results))
     metrics[BOX_LIKENESS_TRUE_FILL] = true_box_fill(dataset.coco)
-    quality = MaskIoU()
-    for _, batch_quality in batches:
-        quality += batch_quality
     metrics.update(quality.metrics())
     return metrics, results
 
