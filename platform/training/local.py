@@ -33,13 +33,14 @@ from boxinst.platform.spec import TrainSpec
 from boxinst.platform.sweep import trial_specs
 from boxinst.platform.training.loop import prepare_data, run
 
-#: The demo's table: its columns and their metrics.
+#: The demo's table: its columns, their metrics and how they are printed.
+IOU, AP = "{:.3f}".format, "{:.1f}".format
 COLUMNS = {
-    "mask IoU": MASK_IOU,
-    "filled-box IoU": MASK_IOU_BOX,
-    "mask AP": SEGM_AP,
-    "box-as-mask AP": box_as_mask_name("AP"),
-    "box AP": BBOX_AP,
+    "mask IoU": (MASK_IOU, IOU),
+    "filled-box IoU": (MASK_IOU_BOX, IOU),
+    "mask AP": (SEGM_AP, AP),
+    "box-as-mask AP": (box_as_mask_name("AP"), AP),
+    "box AP": (BBOX_AP, AP),
 }
 #: Seconds a trial took, beside its metrics.
 SECONDS = "seconds"
@@ -85,14 +86,10 @@ def table(results: dict[str, dict[str, float]]) -> str:
     rows = [
         {
             "trial": name,
-            **{column: metrics.get(key, float("nan")) for column, key in COLUMNS.items()},
+            **{column: metrics.get(key, float("nan")) for column, (key, _) in COLUMNS.items()},
             "time": f"{metrics[SECONDS]:.0f}s",
         }
         for name, metrics in results.items()
     ]
-    formats = {column: IOU_FORMAT if "IoU" in column else AP_FORMAT for column in COLUMNS}
+    formats = {column: number for column, (_, number) in COLUMNS.items()}
     return pd.DataFrame(rows).to_string(index=False, formatters=formats)
-
-
-IOU_FORMAT = "{:.3f}".format
-AP_FORMAT = "{:.1f}".format
