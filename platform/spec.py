@@ -129,6 +129,8 @@ class Data(Spec):
     #: cached (regime.prior); absolute, defaults included, so a resolved spec round-trips
     generated: str = Field("data/generated", validate_default=True)
     box_priors: str = Field("data/box_priors", validate_default=True)
+    #: GrabCut cuts overlapping boxes again, the pixels another box holds unsure (box_prior.py)
+    prior_overlap_pass: bool = True
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
     train_short_sizes: list[PositiveInt] = Field(

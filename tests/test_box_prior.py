@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from boxinst.losses.mask import dice_loss, mixed_mask_loss
 from boxinst.platform.data.box_prior import (
     PriorSettings,
+    box_priors,
     ensure_priors,
     load_priors,
     prior_file,
@@ -65,6 +66,29 @@ def test_priors_fit_the_shapes_better_than_their_boxes(shapes):
             prior_ious.append(iou(mask_utils.decode(priors[annotation["id"]]).astype(bool), truth))
     assert kept >= 0.8 * len(coco["annotations"])
     assert np.mean(prior_ious) > np.mean(box_ious) + 0.25  # boxes: about 0.5, priors: about 0.9
+
+
+def test_overlapping_boxes_are_cut_again_with_the_other_objects_pixels_unsure():
+    # a red disk in front of a blue square, wholly inside the square's box: to GrabCut alone
+    # the disk is the square's too, its colour being nowhere outside that box
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    disk = (yy - 40) ** 2 + (xx - 40) ** 2 <= 12**2
+    square = np.zeros((96, 96), bool)
+    square[20:56, 16:52] = True
+    square &= ~disk
+    image = rng.normal(128, 6, (96, 96, 3))
+    image[square] = rng.normal((40, 60, 200), 6, (square.sum(), 3))
+    image[disk] = rng.normal((210, 40, 40), 6, (disk.sum(), 3))
+    image = image.clip(0, 255).astype(np.uint8)
+    boxes = np.array([[16.0, 20.0, 52.0, 56.0], [28.0, 28.0, 53.0, 53.0]])  # square, disk
+
+    once, kept_once = box_priors(image, boxes, PriorSettings(overlap_pass=False))
+    twice, kept_twice = box_priors(image, boxes, PriorSettings())
+    assert kept_once.all() and kept_twice.all()
+    assert once[0][disk].mean() > 0.95 and iou(once[0], square) < 0.7  # the square took the disk
+    assert iou(twice[0], square) > 0.95 and iou(twice[1], disk) > 0.95
+    assert not (twice[0] & twice[1]).any()
 
 
 def test_prior_files_are_named_by_content_and_settings(shapes, tmp_path):

@@ -306,6 +306,13 @@ def test_grabcut_gives_degenerate_boxes_their_box():
     assert grabcut_masks(image, np.zeros((0, 4))).shape == (0, HEIGHT, WIDTH)
 
 
+def test_grabcut_ignores_an_unsure_region_that_leaves_its_box_no_foreground():
+    disk = _disk(80, 60, 25)
+    image, boxes = _synthetic_image(disk), np.array([[52.0, 32.0, 108.0, 88.0]])
+    everything = np.ones((1, HEIGHT, WIDTH), bool)
+    assert (grabcut_masks(image, boxes, unsure=everything) == grabcut_masks(image, boxes)).all()
+
+
 def test_grabcut_baseline_replaces_the_masks(gt):
     results = _results(gt)
     coco = _coco(gt)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from boxinst.models.condinst import CondInst
 from boxinst.platform import preflight
-from boxinst.platform.data.box_prior import ensure_priors, load_priors
+from boxinst.platform.data.box_prior import PriorSettings, ensure_priors, load_priors
 from boxinst.platform.data.coco import CocoInstanceDataset
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.policy import ClassMasks, parse_mask_policy
@@ -120,8 +120,9 @@ def generate_data(spec: TrainSpec) -> None:
 def box_prior_file(spec: TrainSpec) -> Path:
     """The training set's GrabCut box priors, computed into ``data.box_priors`` if missing."""
     data = spec.data
+    settings = PriorSettings(overlap_pass=data.prior_overlap_pass)
     return ensure_priors(
-        Path(data.train.annotations), Path(data.train.images), Path(data.box_priors)
+        Path(data.train.annotations), Path(data.train.images), Path(data.box_priors), settings
     )
 
 
