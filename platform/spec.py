@@ -37,6 +37,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as validated
 
 from boxinst.models.condinst import CondInstConfig
+from boxinst.platform.data.box_prior import PriorSettings
 from boxinst.platform.data.policy import parse_mask_policy
 from boxinst.platform.data.synth import SynthConfig
 from boxinst.platform.data.transforms import (
@@ -130,7 +131,7 @@ class Data(Spec):
     generated: str = Field("data/generated", validate_default=True)
     box_priors: str = Field("data/box_priors", validate_default=True)
     #: GrabCut cuts overlapping boxes again, the pixels another box holds unsure (box_prior.py)
-    prior_overlap_pass: bool = True
+    prior_overlap_pass: bool = PriorSettings.overlap_pass
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
     train_short_sizes: list[PositiveInt] = Field(

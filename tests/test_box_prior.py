@@ -21,6 +21,8 @@ from boxinst.platform.data.coco import CocoInstanceDataset
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.data.transforms import train_transform
+from boxinst.platform.spec import load_spec
+from boxinst.platform.training.loop import box_prior_file
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,20 @@ def test_prior_files_are_named_by_content_and_settings(shapes, tmp_path):
     data["annotations"] = data["annotations"][1:]
     changed.write_text(json.dumps(data))
     assert prior_file(changed, path.parent, PriorSettings()).name != path.name
+
+
+@pytest.mark.parametrize("overlap_pass", [True, False])
+def test_a_spec_computes_the_priors_of_its_overlap_setting(shapes, tmp_path, overlap_pass):
+    train, _ = shapes
+    split = {"annotations": str(train / "annotations.json"), "images": str(train / "images")}
+    spec = load_spec(
+        "quickstart",
+        [f"data.train={split}", f"data.val={split}", f"data.box_priors={tmp_path}"]
+        + ([] if overlap_pass else ["data.prior_overlap_pass=false"]),
+    )
+    settings = PriorSettings(overlap_pass=overlap_pass)
+    assert box_prior_file(spec) == prior_file(train / "annotations.json", tmp_path, settings)
+    assert box_prior_file(spec).is_file()
 
 
 def test_priors_follow_their_instances_through_flips_and_resizes(shapes):

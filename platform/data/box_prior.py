@@ -37,7 +37,7 @@ import numpy as np
 
 from boxinst.platform.data.check import load_annotations, summarise
 from boxinst.platform.data.decode import read_rgb
-from boxinst.platform.evaluation.coco import encode_masks, grabcut_masks
+from boxinst.platform.evaluation.coco import box_bounds, encode_masks, grabcut_masks
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,12 @@ class PriorError(ValueError):
     """Box priors that cannot be computed or read; the message names the file."""
 
 
-def box_pixels(box: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
-    """The rows and columns of an image of ``shape`` (``H, W``) that the xyxy ``box`` covers."""
-    height, width = shape
-    x0, x1 = (int(np.clip(v, 0, width)) for v in (np.floor(box[0]), np.ceil(box[2])))
-    y0, y1 = (int(np.clip(v, 0, height)) for v in (np.floor(box[1]), np.ceil(box[3])))
-    return slice(y0, y1), slice(x0, x1)
-
-
 def reaches_across(mask: np.ndarray, box: np.ndarray, min_reach: float) -> bool:
     """Whether ``mask`` (``[H, W]`` bool) has pixels in at least ``min_reach`` of the rows and of
     the columns of ``box`` (xyxy): what a tight box says of its object, and what GrabCut's
     failures (an empty or small stray mask) miss."""
-    inside = mask[box_pixels(box, mask.shape)]
+    x0, y0, x1, y1 = box_bounds(box, mask.shape)
+    inside = mask[y0:y1, x0:x1]
     if inside.size == 0:
         return False
     rows, columns = inside.any(axis=1).mean(), inside.any(axis=0).mean()
@@ -94,9 +87,10 @@ def box_priors(
     )
     if settings.overlap_pass and len(boxes) > 1:
         claims = masks & reached[:, None, None]
-        others = claims.sum(axis=0)[None] - claims > 0  # held by another box's first mask
+        others = claims.sum(axis=0) - claims > 0  # held by another box's first mask
+        bounds = [box_bounds(box, image.shape[:2]) for box in boxes]
         contested = [
-            k for k, box in enumerate(boxes) if others[k][box_pixels(box, others.shape[1:])].any()
+            k for k, (x0, y0, x1, y1) in enumerate(bounds) if others[k, y0:y1, x0:x1].any()
         ]
         if contested:
             second = grabcut_masks(image, boxes[contested], unsure=others[contested], **options)

@@ -344,17 +344,25 @@ def grabcut_masks(
     cv2.setRNGSeed(seed)  # GrabCut's colour models start from k-means
     masks = np.zeros((len(boxes), *image.shape[:2]), dtype=bool)
     for index, box in enumerate(boxes):
-        hint = None if unsure is None else unsure[index]
-        masks[index] = _grabcut_box(image, box, iterations, min_side, margin, max_crop, hint)
+        box_unsure = None if unsure is None else unsure[index]
+        masks[index] = _grabcut_box(image, box, iterations, min_side, margin, max_crop, box_unsure)
     return masks
+
+
+def box_bounds(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixel bounds ``x0, y0, x1, y1`` that the xyxy ``box`` covers in an image of ``shape``
+    (``H, W``): its fractional edges rounded outwards, clipped to the image."""
+    height, width = shape
+    x0, x1 = (int(np.clip(v, 0, width)) for v in (np.floor(box[0]), np.ceil(box[2])))
+    y0, y1 = (int(np.clip(v, 0, height)) for v in (np.floor(box[1]), np.ceil(box[3])))
+    return x0, y0, x1, y1
 
 
 def _grabcut_box(
     image, box, iterations: int, min_side: int, margin: float, max_crop: int | None, unsure
 ) -> np.ndarray:
     height, width = image.shape[:2]
-    x0, x1 = (int(np.clip(v, 0, width)) for v in (np.floor(box[0]), np.ceil(box[2])))
-    y0, y1 = (int(np.clip(v, 0, height)) for v in (np.floor(box[1]), np.ceil(box[3])))
+    x0, y0, x1, y1 = box_bounds(box, (height, width))
     pad_x, pad_y = max(1, round(margin * (x1 - x0))), max(1, round(margin * (y1 - y0)))
     cx0, cy0 = max(0, x0 - pad_x), max(0, y0 - pad_y)
     cx1, cy1 = min(width, x1 + pad_x), min(height, y1 + pad_y)
@@ -373,11 +381,11 @@ def _grabcut_box(
     labels = np.full(crop.shape[:2], cv2.GC_BGD, dtype=np.uint8)
     labels[top:bottom, left:right] = cv2.GC_PR_FGD
     if unsure is not None:
-        hint = np.ascontiguousarray(unsure[cy0:cy1, cx0:cx1], dtype=np.uint8)
-        hint = cv2.resize(hint, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-        hint &= labels == cv2.GC_PR_FGD
-        if not hint.all(where=labels == cv2.GC_PR_FGD):  # some of the box stays foreground
-            labels[hint] = cv2.GC_PR_BGD
+        doubt = np.ascontiguousarray(unsure[cy0:cy1, cx0:cx1], dtype=np.uint8)
+        doubt = cv2.resize(doubt, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        in_box = labels == cv2.GC_PR_FGD
+        if (in_box & ~doubt).any():  # GrabCut needs foreground to start from
+            labels[in_box & doubt] = cv2.GC_PR_BGD
     models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(crop, labels, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
     found = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
