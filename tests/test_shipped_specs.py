@@ -137,6 +137,17 @@ def test_fully_supervised_reference_differs_only_in_regime():
     assert different == {"name", "regime"}
 
 
+@pytest.mark.parametrize("name", ["quickstart", "demo", "fidelity"])
+def test_the_platforms_own_specs_train_the_box_prior_alone_beside_the_papers_box_only(name):
+    regimes = {spec.regime.name: spec for spec in trials(name)}
+    default = regimes["prior_only"].loss_config()
+    assert (default.use_prior, default.use_projection, default.use_pairwise) == (True, False, False)
+    assert regimes["prior_only"].regime.box_supervised  # its masks are watched for collapse
+    paper = regimes["box_only"].loss_config()
+    assert (paper.use_prior, paper.use_projection, paper.use_pairwise) == (False, True, True)
+    assert load_spec(name).regime.name == "prior_only"  # `boxinst train quickstart`, say
+
+
 @pytest.mark.parametrize(
     "name,seen,unseen",
     [("coco_semi_voc20", VOC20, NONVOC60), ("coco_semi_nonvoc60", NONVOC60, VOC20)],
