@@ -61,7 +61,7 @@ REGIME_PRESETS: dict[str, dict[str, Any]] = {
     # BoxInst's terms and the dice to GrabCut's masks of the boxes (data/box_prior.py)
     "box_only_grabcut": {"masks": "none", "projection": True, "pairwise": True, "prior": True},
     # the dice to GrabCut's masks of the boxes alone: the platform's default, the box-only regime
-    # that holds on all four styles of the fidelity suite (README)
+    # nearest full supervision across the fidelity suite's four styles (README)
     "prior_only": {"masks": "none", "projection": False, "pairwise": False, "prior": True},
     "projection_only": {"masks": "none", "projection": True, "pairwise": False},
     "fully_supervised": {"masks": "all", "projection": False, "pairwise": False},

@@ -3,9 +3,9 @@
 The first two trials of the shipped ``demo`` spec, trained as ``boxinst demo`` trains them
 (the one training loop, a process per core, about five minutes): the platform's box-only regime
 (a dice loss to the GrabCut masks of the boxes, ``prior_only``) and box-only BoxInst as the
-paper trains it. Their masks are measured by the ordinary evaluation on
-held-out scenes at each instance's true location (``mask_iou/true_locations``), against the true
-shapes and against the filled boxes (``mask_iou/filled_boxes``).
+paper trains it. Their masks are measured by the ordinary evaluation on held-out scenes at each
+instance's true location (``mask_iou/true_locations``), against the true shapes and against the
+filled boxes (``mask_iou/filled_boxes``).
 
 The paper's formulation is fragile at this budget: from the same seed its masks vanish on one
 torch build and beat the boxes on another (issue 14 measures the collapse across data styles

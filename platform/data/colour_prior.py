@@ -235,7 +235,7 @@ def format_report(stats: dict, settings: PairwiseSettings) -> str:
     else:
         lines.append(
             f"at tau {tau:g} the pairwise term reaches {100 * reached:.0f}% of the box "
-            "background: box-only BoxInst has colour cues here; whether its terms add to the box "
-            "prior, train box_only_grabcut beside prior_only on a few seeds to tell"
+            "background: box-only BoxInst has colour cues here; to tell whether its terms add to "
+            "the box prior, train box_only_grabcut beside prior_only on a few seeds"
         )
     return "\n".join(lines)
