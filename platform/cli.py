@@ -29,7 +29,13 @@ from boxinst.platform.metrics import KIND_SWEEP, TAG_KIND
 from boxinst.platform.preflight import PreflightError
 from boxinst.platform.ray_cluster import ClusterUnreachable, start_ray
 from boxinst.platform.spec import SpecError, load_spec
-from boxinst.platform.sweep import latest_sweep, run_sweep, summary_table, trial_specs
+from boxinst.platform.sweep import (
+    check_resumable,
+    latest_sweep,
+    run_sweep,
+    summary_table,
+    trial_specs,
+)
 from boxinst.platform.tracking.models import ModelUriError, is_model_uri, register_model
 from boxinst.platform.tracking.runs import SPEC_ARTIFACT, RunFailedError, train_tracked
 from boxinst.platform.tracking.tracker import (
@@ -217,11 +223,11 @@ def _sweep_spec(spec, args: argparse.Namespace, experiment: str) -> int:
     # each trial's data (an axis may change it), checked before any trial starts
     trials = trial_specs(spec) if spec.sweep and spec.sweep.axes else {spec.name: spec}
     prepare_data(trials)
+    resume = latest_sweep(args.storage, spec.name) if args.resume == LATEST else args.resume
+    if resume:
+        check_resumable(args.storage, resume)
     tracker = _tracker(args, experiment)
     start_ray(args.address, trials.values(), args.verbose)
-    resume = args.resume
-    if resume == LATEST:
-        resume = latest_sweep(args.storage, spec.name)
     print(
         f"sweep {spec.name}: {len(trials)} trials, tracked in MLflow experiment "
         f"{tracker.experiment!r}"

@@ -52,7 +52,7 @@ from boxinst.platform.spec import SpecError, TrainSpec, set_key, validate
 from boxinst.platform.tracking.inputs import dataset_inputs
 from boxinst.platform.tracking.runs import SPEC_ARTIFACT, spec_yaml, train_tracked
 from boxinst.platform.tracking.tracker import Tracker
-from boxinst.platform.training.ray_train import storage_uri
+from boxinst.platform.training.storage import storage_filesystem, storage_uri
 
 #: A trial only drives its Train run (the workers train): it takes no CPU from them, and
 #: reserves the memory its process needs (Ray cannot schedule an actor that asks for nothing).
@@ -177,6 +177,40 @@ def _tune_config(spec: TrainSpec) -> ray.tune.TuneConfig:
     )
 
 
+#: The files in which Tune keeps a sweep's state: the Tuner's settings, and per session of its
+#: driver the trials with their statuses and the grid's progress (its searcher's). A restore
+#: reads the newest of each (the greatest name) and, when it cannot read the trials or the grid,
+#: starts a new, empty experiment in the sweep's place.
+TUNE_STATE_FILES = {
+    "tuner.pkl": ray.cloudpickle.loads,
+    "experiment_state-*.json": json.loads,
+    "basic-variant-state-*.json": ray.cloudpickle.loads,
+}
+
+
+def check_resumable(storage: str | Path, name: str) -> None:
+    """Raise :class:`SpecError` naming the file if the sweep ``name`` under a local ``storage``
+    has no saved state, or its newest cannot be read (as a driver killed while Ray wrote it in
+    place left it, before :mod:`~boxinst.platform.training.storage` wrote files whole). A
+    remote storage is left to Tune."""
+    if "://" in str(storage):
+        return
+    folder = Path(storage_uri(storage), name)
+    if not folder.is_dir():
+        raise SpecError(f"no sweep {name} to resume under {storage}")
+    for pattern, load in TUNE_STATE_FILES.items():
+        files = sorted(folder.glob(pattern))
+        if not files:
+            raise SpecError(f"{folder}: no {pattern}: Tune saved no state of this sweep")
+        try:
+            load(files[-1].read_bytes())
+        except Exception as error:  # whatever a truncated JSON or pickle raises
+            raise SpecError(
+                f"{files[-1]}: the sweep's saved state cannot be read ({error!r}), so it cannot "
+                "be resumed (its driver was probably killed while writing it)"
+            ) from None
+
+
 def latest_sweep(storage: str | Path, spec_name: str) -> str:
     """The name of the most recent sweep of ``spec_name`` under a local ``storage`` folder."""
     sweeps = sorted(Path(storage_uri(storage)).glob(f"{spec_name}-*-*/tuner.pkl"))
@@ -219,11 +253,17 @@ def run_sweep(
         )
         if resume:
             path = f"{context.storage}/{name}"
-            tuner = ray.tune.Tuner.restore(path, trainable, resume_errored=True)
+            tuner = ray.tune.Tuner.restore(
+                path,
+                trainable,
+                resume_errored=True,
+                storage_filesystem=storage_filesystem(context.storage),
+            )
         else:
             run_config = ray.tune.RunConfig(
                 name=name,
                 storage_path=context.storage,
+                storage_filesystem=storage_filesystem(context.storage),
                 verbose=RAY_TUNE_VERBOSITY[verbose],
                 callbacks=[SweepProgress(functools.partial(describe_trial, context.base))],
             )

@@ -34,7 +34,8 @@ from boxinst.platform.tracking.inputs import dataset_inputs, log_datasets
 from boxinst.platform.tracking.models import log_trained_model
 from boxinst.platform.tracking.tracker import Tracker
 from boxinst.platform.training.loop import CHECKPOINT_FILE, load_checkpoint
-from boxinst.platform.training.ray_train import build_trainer, storage_uri
+from boxinst.platform.training.ray_train import build_trainer
+from boxinst.platform.training.storage import storage_uri
 
 SPEC_ARTIFACT = f"{ARTIFACT_CONFIG}/spec.yaml"
 

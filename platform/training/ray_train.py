@@ -32,6 +32,7 @@ from boxinst.platform.spec import TrainSpec
 from boxinst.platform.tracking.system_metrics import system_metrics
 from boxinst.platform.training import loop
 from boxinst.platform.training.loop import CHECKPOINT_FILE, load_checkpoint
+from boxinst.platform.training.storage import storage_filesystem, storage_uri
 
 
 def use_reserved_cpus(spec: TrainSpec) -> None:
@@ -107,15 +108,10 @@ def build_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=storage_uri(storage),
+            storage_filesystem=storage_filesystem(storage),
             failure_config=FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
             logging_config=LoggingConfig(log_level=RAY_TRAIN_LOG_LEVEL[verbose]),
         ),
     )
-
-
-def storage_uri(storage: str | Path) -> str:
-    """A storage location for Ray: a URI (``s3://...``) as it is, a local folder made absolute."""
-    text = str(storage)
-    return text if "://" in text else str(Path(text).expanduser().resolve())
