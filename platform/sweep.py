@@ -52,7 +52,7 @@ from boxinst.platform.spec import SpecError, TrainSpec, set_key, validate
 from boxinst.platform.tracking.inputs import dataset_inputs
 from boxinst.platform.tracking.runs import SPEC_ARTIFACT, spec_yaml, train_tracked
 from boxinst.platform.tracking.tracker import Tracker
-from boxinst.platform.training.storage import storage_filesystem, storage_uri
+from boxinst.platform.training.storage import is_uri, storage_filesystem, storage_uri
 
 #: A trial only drives its Train run (the workers train): it takes no CPU from them, and
 #: reserves the memory its process needs (Ray cannot schedule an actor that asks for nothing).
@@ -193,7 +193,7 @@ def check_resumable(storage: str | Path, name: str) -> None:
     has no saved state, or its newest cannot be read (as a driver killed while Ray wrote it in
     place left it, before :mod:`~boxinst.platform.training.storage` wrote files whole). A
     remote storage is left to Tune."""
-    if "://" in str(storage):
+    if is_uri(storage):
         return
     folder = Path(storage_uri(storage), name)
     if not folder.is_dir():

@@ -35,7 +35,7 @@ from boxinst.platform.tracking.models import log_trained_model
 from boxinst.platform.tracking.tracker import Tracker
 from boxinst.platform.training.loop import CHECKPOINT_FILE, load_checkpoint
 from boxinst.platform.training.ray_train import build_trainer
-from boxinst.platform.training.storage import storage_uri
+from boxinst.platform.training.storage import is_uri, storage_uri
 
 SPEC_ARTIFACT = f"{ARTIFACT_CONFIG}/spec.yaml"
 
@@ -48,7 +48,7 @@ def unlogged_metrics_file(storage: str | Path, ray_run: str, run_id: str) -> Pat
     """Where a run's metrics go if MLflow stays unreachable after training: its Ray Train
     folder under a local storage, the working directory when the storage is remote."""
     uri = storage_uri(storage)
-    folder = Path(uri) / ray_run if "://" not in uri else Path.cwd()
+    folder = Path.cwd() if is_uri(uri) else Path(uri) / ray_run
     return folder / f"mlflow-unlogged-{run_id}.json"
 
 

@@ -5,7 +5,7 @@ Ray rewrites its state files in place: Tune its experiment and searcher state af
 a sweep's loop, Ray Train its checkpoint snapshot after every checkpoint. A driver killed in the
 middle of such a write (its machine lost, its session ended) leaves the file truncated, often
 empty, and Tune's restore then fails to read it and silently starts a new, empty experiment
-instead. On a local (or shared, NFS-mounted) folder Ray is given :class:`WholeFileWrites`: every
+instead. On a storage folder (a path, not a URI) Ray is given :class:`WholeFileWrites`: every
 file it writes goes to a temporary name beside it and is renamed into place once complete, so a
 process killed at any moment leaves the previous version whole. Object stores (``s3://``,
 ``gs://``) replace an object only when its upload completes, and keep Ray's own file system.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -23,16 +24,20 @@ import pyarrow.fs
 from fsspec.implementations.local import LocalFileSystem
 
 
+def is_uri(storage: str | Path) -> bool:
+    """Whether ``storage`` is a URI (``s3://...``), not a folder."""
+    return "://" in str(storage)
+
+
 def storage_uri(storage: str | Path) -> str:
     """A storage location for Ray: a URI (``s3://...``) as it is, a local folder made absolute."""
-    text = str(storage)
-    return text if "://" in text else str(Path(text).expanduser().resolve())
+    return str(storage) if is_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
 def storage_filesystem(storage: str | Path) -> pyarrow.fs.FileSystem | None:
     """The file system for Ray's ``storage_filesystem`` beside ``storage_uri(storage)``: whole
     file writes for a local folder, ``None`` (Ray's choice by the URI's scheme) for a URI."""
-    return None if "://" in str(storage) else pyarrow.fs.PyFileSystem(WholeFileWrites())
+    return None if is_uri(storage) else pyarrow.fs.PyFileSystem(WholeFileWrites())
 
 
 class WholeFileWrites(pyarrow.fs.FSSpecHandler):
@@ -44,16 +49,12 @@ class WholeFileWrites(pyarrow.fs.FSSpecHandler):
     def __init__(self):
         super().__init__(LocalFileSystem())
 
-    def __reduce__(self):  # the workers and the Train controller receive it pickled
-        return WholeFileWrites, ()
-
     def open_output_stream(self, path: str, metadata) -> pyarrow.NativeFile:
         return pyarrow.PythonFile(RenamedWhenClosed(path), mode="w")
 
     def copy_file(self, src: str, dest: str) -> None:
-        with self.open_input_stream(src) as source, self.open_output_stream(dest, {}) as target:
-            while chunk := source.read(1 << 24):
-                target.write(chunk)
+        with open(src, "rb") as source, RenamedWhenClosed(dest) as target:
+            shutil.copyfileobj(source, target)
 
 
 class RenamedWhenClosed(io.FileIO):
