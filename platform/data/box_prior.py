@@ -49,9 +49,6 @@ class PriorSettings:
     max_crop: int = 256  # a larger crop is cut to this longer side (its cost follows its area)
     min_reach: float = 0.8  # a mask must reach this share of its box's rows and of its columns
     overlap_pass: bool = True  # cut overlapping boxes again, the others' pixels unsure
-    # start the pixels of a box coloured like its surround as probable background (holes)
-    surround_start: bool = False
-    surround_quantile: float = 0.95  # how alike: grabcut's surround_coloured
 
 
 class PriorError(ValueError):
@@ -77,10 +74,9 @@ def box_priors(
     boxes): ``[K, H, W]`` bool masks and ``[K]`` bool, whether each mask reaches across its box
     (the masks that do not are no prior)."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    plain = dict(iterations=settings.iterations, margin=settings.margin, max_crop=settings.max_crop)
-    options = plain
-    if settings.surround_start:
-        options = {**plain, "surround_quantile": settings.surround_quantile}
+    options = dict(
+        iterations=settings.iterations, margin=settings.margin, max_crop=settings.max_crop
+    )
     masks = grabcut_masks(image, boxes, **options)
     reached = np.array(
         [
@@ -89,11 +85,6 @@ def box_priors(
         ],
         dtype=bool,
     )
-    if settings.surround_start and not reached.all():
-        # an object coloured like its surround can lose itself from such a start: cut plainly
-        lost = np.flatnonzero(~reached)
-        masks[lost] = grabcut_masks(image, boxes[lost], **plain)
-        reached[lost] = [reaches_across(masks[k], boxes[k], settings.min_reach) for k in lost]
     if settings.overlap_pass and len(boxes) > 1:
         claims = masks & reached[:, None, None]
         others = claims.sum(axis=0) - claims > 0  # held by another box's first mask

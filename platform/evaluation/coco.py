@@ -319,7 +319,6 @@ def grabcut_masks(
     seed: int = 0,
     max_crop: int | None = None,
     unsure: np.ndarray | None = None,
-    surround_quantile: float | None = None,
 ) -> np.ndarray:
     """GrabCut masks (OpenCV) initialised with each box, the mask baseline of the paper's
     Table 5 (17.8 mask AP on VOC vs 34.4 for BoxInst, same boxes).
@@ -330,8 +329,7 @@ def grabcut_masks(
     With ``max_crop``, a larger crop is cut at that longer side and its mask scaled back (GrabCut
     costs about its pixel count: 0.4 s for a 200 px box on one CPU core). Every pixel of a box
     starts as probable foreground, the crop outside it as certain background, except the pixels
-    ``unsure`` marks and, with ``surround_quantile``, the pixels coloured like the surround
-    (:func:`surround_coloured`), which start inside the box as probable background.
+    ``unsure`` marks, which start inside the box as probable background.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
@@ -347,9 +345,7 @@ def grabcut_masks(
     masks = np.zeros((len(boxes), *image.shape[:2]), dtype=bool)
     for index, box in enumerate(boxes):
         box_unsure = None if unsure is None else unsure[index]
-        masks[index] = _grabcut_box(
-            image, box, iterations, min_side, margin, max_crop, box_unsure, surround_quantile
-        )
+        masks[index] = _grabcut_box(image, box, iterations, min_side, margin, max_crop, box_unsure)
     return masks
 
 
@@ -362,44 +358,8 @@ def box_bounds(box: np.ndarray, shape: tuple[int, int]) -> tuple[int, int, int, 
     return x0, y0, x1, y1
 
 
-def surround_coloured(
-    crop: np.ndarray, surround: np.ndarray, quantile: float, samples: int = 400
-) -> np.ndarray:
-    """``[H, W]`` bool: the pixels of ``crop`` (``[H, W, 3]`` uint8) outside ``surround``
-    (``[H, W]`` bool) whose colour is as close to the surround's colours as ``quantile`` of
-    the surround's own pixels are to their nearest other surround pixel (RGB distance, among at
-    most ``samples`` of them drawn with a fixed seed): the inside of a box that shows what lies
-    around it, such as the background seen through a ring's hole.
-
-    Why GrabCut needs it: started with the whole box as probable foreground, its foreground
-    colour model learns the colours of such a hole too and keeps it (a ring's prior then has
-    0.68-0.72 IoU with the ring on every style of the fidelity suite)."""
-    pixels = crop.reshape(-1, 3).astype(np.float32)
-    around, inside = pixels[surround.reshape(-1)], ~surround.reshape(-1)
-    if len(around) > samples:
-        around = around[np.random.default_rng(0).choice(len(around), samples, replace=False)]
-    found = np.zeros(len(pixels), dtype=bool)
-    if len(around) < 2:
-        return found.reshape(crop.shape[:2])
-    squared = (around**2).sum(axis=1)
-    own = squared[:, None] + squared[None] - 2 * around @ around.T  # squared distances
-    np.fill_diagonal(own, np.inf)
-    threshold = np.quantile(own.min(axis=1), quantile)
-    tested = pixels[inside]
-    nearest = ((tested**2).sum(axis=1, keepdims=True) + squared - 2 * tested @ around.T).min(axis=1)
-    found[inside] = nearest <= threshold
-    return found.reshape(crop.shape[:2])
-
-
 def _grabcut_box(
-    image,
-    box,
-    iterations: int,
-    min_side: int,
-    margin: float,
-    max_crop: int | None,
-    unsure,
-    surround_quantile: float | None,
+    image, box, iterations: int, min_side: int, margin: float, max_crop: int | None, unsure
 ) -> np.ndarray:
     height, width = image.shape[:2]
     x0, y0, x1, y1 = box_bounds(box, (height, width))
@@ -420,15 +380,12 @@ def _grabcut_box(
     right, bottom = left + max(1, round((x1 - x0) * scale)), top + max(1, round((y1 - y0) * scale))
     labels = np.full(crop.shape[:2], cv2.GC_BGD, dtype=np.uint8)
     labels[top:bottom, left:right] = cv2.GC_PR_FGD
-    in_box = labels == cv2.GC_PR_FGD
-    doubt = np.zeros(crop.shape[:2], dtype=bool)
     if unsure is not None:
-        held = np.ascontiguousarray(unsure[cy0:cy1, cx0:cx1], dtype=np.uint8)
-        doubt |= cv2.resize(held, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
-    if surround_quantile is not None:
-        doubt |= surround_coloured(crop, ~in_box, surround_quantile)
-    if (in_box & ~doubt).any():  # GrabCut needs foreground to start from
-        labels[in_box & doubt] = cv2.GC_PR_BGD
+        doubt = np.ascontiguousarray(unsure[cy0:cy1, cx0:cx1], dtype=np.uint8)
+        doubt = cv2.resize(doubt, crop.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        in_box = labels == cv2.GC_PR_FGD
+        if (in_box & ~doubt).any():  # GrabCut needs foreground to start from
+            labels[in_box & doubt] = cv2.GC_PR_BGD
     models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.grabCut(crop, labels, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
     found = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
