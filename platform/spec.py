@@ -135,6 +135,9 @@ class Data(Spec):
     box_priors: str = Field("data/box_priors", validate_default=True)
     #: GrabCut cuts overlapping boxes again, the pixels another box holds unsure (box_prior.py)
     prior_overlap_pass: bool = PriorSettings.overlap_pass
+    #: GrabCut starts the pixels of a box that look like the background continued into it as
+    #: probable background (box_prior.py)
+    prior_background_start: bool = PriorSettings.background_start
     ignore_bottom: int = Field(0, ge=0)
     skip_bad_records: bool = False
     train_short_sizes: list[PositiveInt] = Field(

@@ -21,6 +21,7 @@ from boxinst.platform.data.coco import CocoInstanceDataset
 from boxinst.platform.data.collate import collate_instances
 from boxinst.platform.data.synth import SynthConfig, synthesize
 from boxinst.platform.data.transforms import train_transform
+from boxinst.platform.evaluation.coco import grabcut_masks
 from boxinst.platform.spec import load_spec
 from boxinst.platform.training.loop import box_prior_file
 
@@ -93,6 +94,47 @@ def test_overlapping_boxes_are_cut_again_with_the_other_objects_pixels_unsure():
     assert not (twice[0] & twice[1]).any()
 
 
+def test_a_ring_keeps_its_hole_when_background_like_pixels_start_as_background():
+    # a red ring on a background whose colour drifts across the image: the hole shows the
+    # background of the ring's centre, a colour not among those around the box, but the one
+    # the background around it, continued, predicts there
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    centre = (yy - 48) ** 2 + (xx - 48) ** 2
+    ring, hole = (centre <= 22**2) & (centre > 12**2), centre <= 12**2
+    background = np.stack([100 + 40 * xx / 96, 120 + 0 * xx, 140 - 40 * yy / 96], axis=-1)
+    image = background + rng.normal(0, 4, (96, 96, 3))
+    image[ring] = rng.normal((210, 60, 40), 4, (ring.sum(), 3))
+    image = image.clip(0, 255).astype(np.uint8)
+    box = np.array([[26.0, 26.0, 71.0, 71.0]])
+
+    plain, kept_plain = box_priors(image, box, PriorSettings())
+    carved, kept_carved = box_priors(image, box, PriorSettings(background_start=True))
+    assert kept_plain.all() and kept_carved.all()
+    assert plain[0][hole].all() and iou(plain[0], ring) < 0.75  # GrabCut alone fills the hole
+    assert not carved[0][hole].any() and iou(carved[0], ring) > 0.95
+
+
+def test_an_object_lost_from_the_background_start_is_cut_plainly():
+    # a smooth disk whose colour lies within the noisy background's spread, around a red core:
+    # started as background (it is as near to the background's fit as most of the background),
+    # only the core is left, which does not reach across the box; the plain cut finds the disk
+    # (a tight cluster of colour to its foreground model), and is the prior kept
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :96]
+    centre = (yy - 48) ** 2 + (xx - 48) ** 2
+    disk, core = centre <= 20**2, centre <= 4**2
+    image = rng.normal(128, 20, (96, 96, 3))
+    image[disk] = rng.normal((163, 93, 128), 2, (disk.sum(), 3))
+    image[core] = rng.normal((210, 60, 40), 2, (core.sum(), 3))
+    image = image.clip(0, 255).astype(np.uint8)
+    box = np.array([[28.0, 28.0, 69.0, 69.0]])
+    lost = grabcut_masks(image, box, margin=0.5, max_crop=256, background_quantile=0.95)[0]
+    assert not reaches_across(lost, box[0], 0.8)
+    prior, kept = box_priors(image, box, PriorSettings(background_start=True))
+    assert kept.all() and iou(prior[0], disk) > 0.95
+
+
 def test_prior_files_are_named_by_content_and_settings(shapes, tmp_path):
     train, path = shapes
     annotations = train / "annotations.json"
@@ -105,16 +147,23 @@ def test_prior_files_are_named_by_content_and_settings(shapes, tmp_path):
     assert prior_file(changed, path.parent, PriorSettings()).name != path.name
 
 
-@pytest.mark.parametrize("overlap_pass", [True, False])
-def test_a_spec_computes_the_priors_of_its_overlap_setting(shapes, tmp_path, overlap_pass):
+@pytest.mark.parametrize(("overlap_pass", "background_start"), [(True, False), (False, True)])
+def test_a_spec_computes_the_priors_of_its_settings(
+    shapes, tmp_path, overlap_pass, background_start
+):
     train, _ = shapes
     split = {"annotations": str(train / "annotations.json"), "images": str(train / "images")}
     spec = load_spec(
         "quickstart",
-        [f"data.train={split}", f"data.val={split}", f"data.box_priors={tmp_path}"]
-        + ([] if overlap_pass else ["data.prior_overlap_pass=false"]),
+        [
+            f"data.train={split}",
+            f"data.val={split}",
+            f"data.box_priors={tmp_path}",
+            f"data.prior_overlap_pass={overlap_pass}",
+            f"data.prior_background_start={background_start}",
+        ],
     )
-    settings = PriorSettings(overlap_pass=overlap_pass)
+    settings = PriorSettings(overlap_pass=overlap_pass, background_start=background_start)
     assert box_prior_file(spec) == prior_file(train / "annotations.json", tmp_path, settings)
     assert box_prior_file(spec).is_file()
 

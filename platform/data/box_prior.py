@@ -18,6 +18,13 @@ they resemble. A second mask that no longer reaches across its box is not used (
 stays). On the fidelity styles this lifts the kept priors' IoU with the true masks from 0.89 to
 0.92 under clutter and from 0.92 to 0.93 at low contrast (400 training images each).
 
+Inside a box GrabCut keeps what its foreground colour model learnt from its start, the whole
+box: a ring's hole showing a background whose colour drifts across the image stays foreground
+(rings' priors have 0.70-0.72 IoU with the rings on every style of the fidelity suite, the
+other shapes' 0.88-1.00). With ``background_start`` the pixels that look like the background
+continued into the box (a smooth fit of the colours around it) start as probable background;
+a cut that then no longer reaches across its box is redone plainly.
+
 A prior file is named after the annotation file's content and the GrabCut settings, so that a
 changed dataset or setting computes new priors, never reads stale ones.
 """
@@ -49,6 +56,10 @@ class PriorSettings:
     max_crop: int = 256  # a larger crop is cut to this longer side (its cost follows its area)
     min_reach: float = 0.8  # a mask must reach this share of its box's rows and of its columns
     overlap_pass: bool = True  # cut overlapping boxes again, the others' pixels unsure
+    # start the pixels of a box that look like the background continued into it as probable
+    # background (a ring's hole): grabcut's background_like, with this quantile
+    background_start: bool = False
+    background_quantile: float = 0.95
 
 
 class PriorError(ValueError):
@@ -74,9 +85,10 @@ def box_priors(
     boxes): ``[K, H, W]`` bool masks and ``[K]`` bool, whether each mask reaches across its box
     (the masks that do not are no prior)."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    options = dict(
-        iterations=settings.iterations, margin=settings.margin, max_crop=settings.max_crop
-    )
+    plain = dict(iterations=settings.iterations, margin=settings.margin, max_crop=settings.max_crop)
+    options = plain
+    if settings.background_start:
+        options = {**plain, "background_quantile": settings.background_quantile}
     masks = grabcut_masks(image, boxes, **options)
     reached = np.array(
         [
@@ -85,6 +97,11 @@ def box_priors(
         ],
         dtype=bool,
     )
+    if settings.background_start and not reached.all():
+        # an object coloured like its background can lose itself from such a start: cut plainly
+        lost = np.flatnonzero(~reached)
+        masks[lost] = grabcut_masks(image, boxes[lost], **plain)
+        reached[lost] = [reaches_across(masks[k], boxes[k], settings.min_reach) for k in lost]
     if settings.overlap_pass and len(boxes) > 1:
         claims = masks & reached[:, None, None]
         others = claims.sum(axis=0) - claims > 0  # held by another box's first mask

@@ -120,7 +120,9 @@ def generate_data(spec: TrainSpec) -> None:
 def box_prior_file(spec: TrainSpec) -> Path:
     """The training set's GrabCut box priors, computed into ``data.box_priors`` if missing."""
     data = spec.data
-    settings = PriorSettings(overlap_pass=data.prior_overlap_pass)
+    settings = PriorSettings(
+        overlap_pass=data.prior_overlap_pass, background_start=data.prior_background_start
+    )
     return ensure_priors(
         Path(data.train.annotations), Path(data.train.images), Path(data.box_priors), settings
     )
