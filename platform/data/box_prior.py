@@ -99,9 +99,7 @@ def box_priors(
     )
     if settings.background_start and not reached.all():
         # an object coloured like its background can lose itself from such a start: cut plainly
-        lost = np.flatnonzero(~reached)
-        masks[lost] = grabcut_masks(image, boxes[lost], **plain)
-        reached[lost] = [reaches_across(masks[k], boxes[k], settings.min_reach) for k in lost]
+        cut_again(image, boxes, np.flatnonzero(~reached), masks, reached, settings, **plain)
     if settings.overlap_pass and len(boxes) > 1:
         claims = masks & reached[:, None, None]
         others = claims.sum(axis=0) - claims > 0  # held by another box's first mask
@@ -110,11 +108,26 @@ def box_priors(
             k for k, (x0, y0, x1, y1) in enumerate(bounds) if others[k, y0:y1, x0:x1].any()
         ]
         if contested:
-            second = grabcut_masks(image, boxes[contested], unsure=others[contested], **options)
-            for k, mask in zip(contested, second, strict=True):
-                if reaches_across(mask, boxes[k], settings.min_reach):
-                    masks[k], reached[k] = mask, True
+            unsure = others[contested]
+            cut_again(image, boxes, contested, masks, reached, settings, unsure=unsure, **options)
     return masks, reached
+
+
+def cut_again(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    which,
+    masks: np.ndarray,
+    reached: np.ndarray,
+    settings: PriorSettings,
+    **options,
+) -> None:
+    """Cut the boxes ``which`` (indices into ``boxes``) again with GrabCut's ``options``; a new
+    mask replaces its box's mask in ``masks`` (and sets ``reached``) where it reaches across the
+    box, so a second cut never costs a box its prior."""
+    for k, mask in zip(which, grabcut_masks(image, boxes[which], **options), strict=True):
+        if reaches_across(mask, boxes[k], settings.min_reach):
+            masks[k], reached[k] = mask, True
 
 
 def image_priors(
