@@ -108,8 +108,8 @@ def test_a_ring_keeps_its_hole_when_background_like_pixels_start_as_background()
     image = image.clip(0, 255).astype(np.uint8)
     box = np.array([[26.0, 26.0, 71.0, 71.0]])
 
-    plain, kept_plain = box_priors(image, box, PriorSettings())
-    carved, kept_carved = box_priors(image, box, PriorSettings(background_start=True))
+    plain, kept_plain = box_priors(image, box, PriorSettings(background_start=False))
+    carved, kept_carved = box_priors(image, box, PriorSettings())
     assert kept_plain.all() and kept_carved.all()
     assert plain[0][hole].all() and iou(plain[0], ring) < 0.75  # GrabCut alone fills the hole
     assert not carved[0][hole].any() and iou(carved[0], ring) > 0.95

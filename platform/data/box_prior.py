@@ -21,9 +21,10 @@ stays). On the fidelity styles this lifts the kept priors' IoU with the true mas
 Inside a box GrabCut keeps what its foreground colour model learnt from its start, the whole
 box: a ring's hole showing a background whose colour drifts across the image stays foreground
 (rings' priors have 0.70-0.72 IoU with the rings on every style of the fidelity suite, the
-other shapes' 0.88-1.00). With ``background_start`` the pixels that look like the background
-continued into the box (a smooth fit of the colours around it) start as probable background;
-a cut that then no longer reaches across its box is redone plainly.
+other shapes' 0.88-1.00). With ``background_start`` (the default) the pixels that look like
+the background continued into the box (a smooth fit of the colours around it) start as probable
+background, which carves the hole (rings' priors 0.91-0.94 IoU); a cut that then no longer
+reaches across its box is redone plainly.
 
 A prior file is named after the annotation file's content and the GrabCut settings, so that a
 changed dataset or setting computes new priors, never reads stale ones.
@@ -58,7 +59,7 @@ class PriorSettings:
     overlap_pass: bool = True  # cut overlapping boxes again, the others' pixels unsure
     # start the pixels of a box that look like the background continued into it as probable
     # background (a ring's hole): grabcut's background_like, with this quantile
-    background_start: bool = False
+    background_start: bool = True
     background_quantile: float = 0.95
 
 
