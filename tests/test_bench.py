@@ -4,6 +4,7 @@ writes its JSON; the numbers themselves are measured by running the commands, no
 import argparse
 import json
 import os
+import statistics
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ TINY = {
     "eval-workers": ["--images", "5", "--repeats", "1"],
     "inference": ["--configs", "coco", "--size", "64", "96", "--repeats", "1"],
     "preflight": ["--images", "5"],
+    "priors": ["--images", "3", "--style", "textured", "--workers", "1"],
 }
 
 
@@ -103,6 +105,18 @@ def check_preflight(result: dict, images: int) -> None:
     assert all(seconds > 0 for seconds in result["seconds"].values())
 
 
+def check_priors(result: dict, images: int, style: str) -> None:
+    assert result["images"] == images and result["style"] == style and result["instances"] > 0
+    plain, started = result["settings"]["plain"], result["settings"]["background_start"]
+    for r in (plain, started):
+        assert len(r["seconds"]) == 2 and r["median_s"] == pytest.approx(
+            statistics.median(r["seconds"])
+        )
+        assert 0 < r["kept"] <= 1 and 0.5 < r["iou"] <= 1  # better than most boxes would be
+        assert r["iou"] >= min(r["iou_per_class"].values())
+    assert result["time_ratio"] == pytest.approx(started["median_s"] / plain["median_s"])
+
+
 CHECKS = {
     "mask-loss": check_mask_loss,
     "train-step": lambda result: check_train_step(result, ["small"]),
@@ -111,6 +125,7 @@ CHECKS = {
     "eval-workers": lambda result: check_eval_workers(result, 5),
     "inference": lambda result: check_inference(result, ["coco"]),
     "preflight": lambda result: check_preflight(result, 5),
+    "priors": lambda result: check_priors(result, 3, "textured"),
 }
 
 
@@ -135,3 +150,4 @@ def test_all_writes_every_benchmark_into_one_json(tmp_path):
     check_eval_workers(results["eval-workers"], 3)
     check_inference(results["inference"], ["small", "coco"])
     check_preflight(results["preflight"], 3)
+    check_priors(results["priors"], 3, "flat")

@@ -21,10 +21,12 @@ from boxinst.platform.bench import (
     loading,
     mask_loss,
     preflight,
+    priors,
     train_step,
 )
 from boxinst.platform.bench.batches import CONFIGS
 from boxinst.platform.bench.harness import DEFAULT_OUT_DIR, environment, machine_load, write_json
+from boxinst.platform.data.shapes import STYLES
 
 #: command -> (module with ``run`` and ``summary``, help)
 BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
@@ -41,6 +43,7 @@ BENCHMARKS: dict[str, tuple[ModuleType, str]] = {
     ),
     "inference": (inference, "CondInst.predict images/s, small CPU model and R-50 COCO model"),
     "preflight": (preflight, "the checks before a run on a COCO-sized annotation file"),
+    "priors": (priors, "GrabCut box priors' time and quality, plain and background start"),
 }
 
 
@@ -111,6 +114,10 @@ def _arguments(name: str, parser: argparse.ArgumentParser) -> None:
         _repeats(parser)
     elif name == "preflight":
         parser.add_argument("--images", type=int, help="images (118287, COCO train2017's)")
+    elif name == "priors":
+        parser.add_argument("--images", type=int, help="generated training images (400)")
+        parser.add_argument("--style", choices=list(STYLES), help="the data's style (flat)")
+        parser.add_argument("--workers", type=int, help="worker processes (2)")
 
 
 def _options(args: argparse.Namespace, names) -> dict:
