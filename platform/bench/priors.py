@@ -49,9 +49,7 @@ def run(images: int = 400, style: str = "flat", workers: int = 2) -> dict:
         for annotation in coco["annotations"]:
             rle = computed["priors"][str(annotation["id"])]
             if rle is not None:
-                truth = mask_utils.decode(annotation["segmentation"]).astype(bool)
-                prior = mask_utils.decode(rle).astype(bool)
-                iou = (prior & truth).sum() / max((prior | truth).sum(), 1)
+                iou = mask_utils.iou([rle], [annotation["segmentation"]], [False])[0, 0]
                 ious.setdefault(classes[annotation["category_id"]], []).append(float(iou))
         results[name] = {
             "seconds": seconds[name],
