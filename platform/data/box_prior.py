@@ -146,8 +146,8 @@ def image_priors(
 def one_thread_worker() -> None:
     """A prior worker's libraries run on one thread each (OpenCV's, and BLAS's under the
     background fit's least squares): the pool already runs a worker per core, and their own
-    threads would contend with the other workers' (the quickstart's priors took 2.5x as long
-    on 2 cores with BLAS's threads, 1.06x the plain cut's time without them)."""
+    threads would contend with the other workers' (the quickstart's priors took 2.5x the plain
+    cut's time on 2 cores with BLAS's threads, 1.08x without them)."""
     cv2.setNumThreads(1)
     threadpool_limits(1)
 
